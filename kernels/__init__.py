@@ -1,0 +1,1 @@
+"""Triton fused log-prob kernels, each beside its torch reference."""
