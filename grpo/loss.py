@@ -1,0 +1,127 @@
+"""Clipped-surrogate policy losses for GRPO, one small function per normaliser, looked up in `LOSSES`.
+
+    python -m pytest tests/test_loss.py
+
+All four variants share `_per_token_loss` (PPO clip + β·KL_k3 at each completion token) and differ only in how
+the (B*G, T) per-token loss becomes a scalar. That reduction is the whole difference between them: it decides
+how much one token of a long answer weighs against one of a short answer, and whether k gradient-accumulation
+micro-batches add up to the gradient of one big batch.
+
+Accumulating micro-batches (what the loop must do so that the step equals one big batch):
+  - grpo, dr_grpo (fixed `max_len`): micro-batches with the same number of sequences; average their losses.
+  - dapo: pass `num_tokens` = valid tokens of the whole optimizer step (all micro-batches, all ranks) and SUM
+    the micro-batch losses; under DDP, whose all-reduce averages, multiply by the world size.
+  - bnpo: normalises by its own micro-batch's token count, so it matches the big batch only when every
+    micro-batch holds the same number of tokens (TRL's behaviour before its PR #6024; dapo is the exact fix).
+
+Signature of every entry: fn(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta,
+max_len=None, num_tokens=None) -> (loss, metrics). logp, old_logp, ref_logp, mask: (B*G, T); advantages: (B*G,).
+metrics are 0-dim detached tensors so the loop syncs once for all of them.
+"""
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# exp(20) ≈ 4.9e8: far outside any clip range, still finite in fp32/bf16 and times any advantage
+LOG_RATIO_CLAMP = 20.0
+
+
+def _per_token_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
+                    eps_low: float, eps_high: float, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """(B*G, T) per-token −min(ratio·A, clip(ratio, 1−ε_low, 1+ε_high)·A) + β·KL_k3, 0 at masked positions.
+
+    old_logp and ref_logp at masked positions may be anything (±inf, NaN): the log-ratios are selected with
+    torch.where *before* exp, so neither the forward nor the backward ever touches them. Multiplying by the
+    mask after exp would not do: 0·inf = NaN, and the gradient of exp(inf) poisons the backward.
+    """
+    valid = mask.bool()  # (B*G, T)
+    n = valid.sum()
+    adv = advantages[:, None].to(logp.dtype)  # (B*G, 1)
+
+    # ratio = π/π_old; clamp the log-ratio before exp so a stale old_logp cannot overflow
+    log_ratio = torch.where(valid, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (B*G, T)
+    ratio = log_ratio.exp()  # (B*G, T)
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)  # (B*G, T)
+    loss = -torch.minimum(ratio * adv, clipped * adv)  # (B*G, T)
+
+    metrics: dict[str, Tensor] = {}
+    if beta > 0:  # at beta == 0 there is no reference forward at all, so ref_logp may be None
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp (the adapter-off forward); pass it or set beta=0")
+        # KL_k3 = exp(r) − r − 1, r = ref − logp (Schulman 2020): ≥ 0, unbiased for KL(π‖π_ref) under π samples
+        r = torch.where(valid, ref_logp - logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (B*G, T)
+        kl = r.exp() - r - 1  # (B*G, T), exactly 0 at masked positions (r = 0)
+        loss = loss + beta * kl
+        metrics["kl"] = kl.detach().sum() / n.clamp(min=1)
+    loss = torch.where(valid, loss, 0.0)  # (B*G, T)
+
+    with torch.no_grad():
+        # the clipped branch is the active one (zero gradient) when the ratio left the trust region in the
+        # direction the advantage pushes it: down for A < 0, up for A > 0
+        low = valid & (ratio < 1 - eps_low) & (adv < 0)  # (B*G, T)
+        high = valid & (ratio > 1 + eps_high) & (adv > 0)  # (B*G, T)
+        denom = n.clamp(min=1).to(logp.dtype)
+        metrics["loss/clip_frac_low"] = low.sum() / denom
+        metrics["loss/clip_frac_high"] = high.sum() / denom
+        metrics["loss/ratio_mean"] = torch.where(valid, ratio, 0.0).sum() / denom
+        metrics["loss/tokens"] = n.to(logp.dtype)
+    return loss, metrics
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
+              num_tokens=None):
+    """GRPO (Shao et al. 2024, DeepSeekMath): mean over each sequence's valid tokens, then mean over the B*G
+    sequences. Normaliser 1/(B*G·|o_i|) per token, as in the paper's 1/G Σ_i 1/|o_i| Σ_t. Why: each answer
+    counts once, whatever its length; the cost is a length bias (a token of a short answer weighs more).
+    A sequence with no valid tokens adds 0 but still counts in B*G, so equal-sized micro-batches average exactly.
+    """
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    per_seq = tok.sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B*G,)
+    return per_seq.mean(), metrics
+
+
+def bnpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
+              num_tokens=None):
+    """BNPO (TRL's loss_type="bnpo"): Σ over valid tokens ÷ valid tokens of this micro-batch. Why: every token
+    weighs the same within the micro-batch (no length bias); but the weight depends on the micro-batch's own
+    token count, so accumulated micro-batches do not equal one big batch — use dapo for that.
+    """
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    return tok.sum() / mask.sum().clamp(min=1), metrics
+
+
+def dr_grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
+                 num_tokens=None):
+    """Dr.GRPO (Liu et al. 2025, arXiv 2503.20783): Σ over valid tokens ÷ (B*G · max_len), max_len = T_max the
+    constant generation budget (default: this batch's T). Why: a constant normaliser weighs every token the
+    same regardless of its answer's length or its batch's token count; with a fixed max_len, equal-sized
+    micro-batches average to exactly the big batch.
+    """
+    T = mask.shape[1]
+    max_len = T if max_len is None else max_len
+    if max_len < T:
+        raise ValueError(f"max_len={max_len} is shorter than the completions (T={T}); pass the generation budget")
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    return tok.sum() / (tok.shape[0] * max_len), metrics
+
+
+def dapo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
+              num_tokens=None):
+    """DAPO token-level loss (Yu et al. 2025, arXiv 2503.14476): Σ over valid tokens ÷ num_tokens, the valid
+    tokens of the WHOLE optimizer step across micro-batches and ranks (default: this call's mask.sum()).
+    Why: every token of the step weighs 1/num_tokens, so summing the micro-batch losses gives exactly the
+    gradient of one big batch, however the tokens are spread over micro-batches and ranks.
+    """
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    num_tokens = mask.sum() if num_tokens is None else num_tokens
+    denom = torch.as_tensor(num_tokens, dtype=tok.dtype, device=tok.device).clamp(min=1)
+    return tok.sum() / denom, metrics
+
+
+LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
+    "grpo": grpo_loss,
+    "bnpo": bnpo_loss,
+    "dr_grpo": dr_grpo_loss,
+    "dapo": dapo_loss,
+}
