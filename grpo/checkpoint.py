@@ -1,0 +1,79 @@
+"""Atomic checkpoints: write `step-NNNNNN.tmp-PID/`, then rename to `step-NNNNNN/`, then prune to the last K.
+
+    python -m pytest tests/test_checkpoint.py
+
+A checkpoint directory holds:
+  adapter/        the LoRA adapter in PEFT format (adapter_model.safetensors + adapter_config.json), loadable with
+                  `PeftModel.from_pretrained(base, DIR/adapter)`; or model/ (safetensors) under full fine-tuning
+  optimizer.pt    AdamW state;  scheduler.pt  LR schedule state
+  rng.pt          torch (CPU and CUDA), python and numpy RNG states
+  state.json      step, data position, and anything else the loop needs to continue exactly
+A crash mid-save leaves only a `.tmp-*` directory, which `latest()` ignores, so the previous checkpoint stays usable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from grpo.model import is_peft
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model  # DDP
+
+
+def save(run_dir: str | Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int = 2) -> Path:
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:06d}"
+    tmp = ckpt_root / f"step-{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = _unwrap(model)
+    model.save_pretrained(tmp / ("adapter" if is_peft(model) else "model"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)  # atomic on POSIX within one filesystem
+    for old in sorted(p for p in ckpt_root.glob("step-*") if ".tmp-" not in p.name)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    done = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if ".tmp-" not in p.name)
+    return done[-1] if done else None
+
+
+def load(ckpt: str | Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG states in place; returns state.json."""
+    ckpt = Path(ckpt)
+    if not (ckpt / "state.json").exists():
+        raise FileNotFoundError(f"{ckpt} is not a checkpoint (no state.json); pass a checkpoints/step-NNNNNN dir")
+    model = _unwrap(model)
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
+    else:
+        missing, unexpected = model.load_state_dict(load_file(ckpt / "model" / "model.safetensors"), strict=False)
+        if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # tied head is saved once
+            raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((ckpt / "state.json").read_text())

@@ -1,0 +1,60 @@
+"""Per-token log-probs of completion tokens under a policy, through kernels/.
+
+    python -m pytest tests/test_logprobs.py
+
+Only completion positions reach the LM head: the decoder runs on the whole sequence, then hidden states at the
+positions that predict completion tokens are gathered ((N, H), N = valid completion tokens) and handed to
+`kernels.linear_logprobs`, which never builds the (N, V) logits. `impl` picks the path for benchmarks:
+  fused     — kernels.linear_logprobs(hidden, W)            memory O(N·H)
+  selective — lm_head(hidden) then kernels.selective_logprobs   (N, V) logits, no (N, V) log-softmax
+  reference — lm_head, fp32 log_softmax, gather            (N, V) logits + (N, V) fp32 — what TRL does
+"""
+from __future__ import annotations
+
+import torch
+
+import kernels
+
+IMPLS = ("fused", "selective", "reference")
+
+
+def _reference_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                        *, temperature: float = 1.0, impl: str = "fused", with_entropy: bool = False):
+    """log p(completion token) for every completion position.
+
+    input_ids, attention_mask: (S, P+T) prompt (left-padded) + completion; completion_mask: (S, T).
+    Returns logp (S, T) float32, 0 where completion_mask is 0; with_entropy also returns the mean entropy (0-dim,
+    detached) of the sampling distribution over valid tokens.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"logprob impl {impl!r} not in {IMPLS}")
+    S, T = completion_mask.shape
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                 # (S, P+T) same as during rollout
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=False).last_hidden_state  # (S, P+T, H)
+    hidden = hidden[:, -T - 1:-1]                                                 # (S, T, H) predicts tokens P..P+T-1
+    valid = completion_mask.bool()                                                # (S, T)
+    h = hidden[valid]                                                             # (N, H)
+    targets = input_ids[:, -T:][valid]                                            # (N,)
+    head = model.get_output_embeddings()
+    entropy = None
+    if impl == "fused":
+        out = kernels.linear_logprobs(h, head.weight, targets, temperature, with_entropy=with_entropy)
+    elif impl == "selective":
+        out = kernels.selective_logprobs(head(h), targets, temperature, with_entropy=with_entropy)
+    else:
+        out = _reference_logprobs(head(h), targets, temperature)
+        if with_entropy:
+            with torch.no_grad():
+                lp = torch.log_softmax(head(h).float() / temperature, -1)
+                out = (out, -(lp.exp() * lp).sum(-1))
+    if with_entropy:
+        out, entropy = out
+        entropy = entropy.detach().mean() if entropy.numel() else torch.zeros((), device=h.device)
+    logp = torch.zeros(S, T, dtype=torch.float32, device=h.device)
+    logp = logp.masked_scatter(valid, out)                                        # (S, T)
+    return (logp, entropy) if with_entropy else logp

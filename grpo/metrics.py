@@ -1,0 +1,114 @@
+"""Run logging on rank 0: one console line per step, metrics.jsonl, optional TensorBoard, a reward-curve PNG.
+
+    python -m grpo.metrics runs/demo/metrics.jsonl     # (re)draws runs/demo/reward_curve.png
+
+Other ranks get a logger whose methods do nothing, so the loop never branches on rank to log.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated bytes on the GPU, or the process's peak RSS on CPU (maxrss is in KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def format_line(step: int, total: int, m: dict) -> str:
+    """nanochat-style: `step 00042/00120 | reward 7.41 ± 3.10 | zero-std 0.25 | kl 0.003 | ...`."""
+    def g(key, fmt="{:.3f}"):
+        v = m.get(key)
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+    return (f"step {step:05d}/{total:05d} | reward {g('reward/mean', '{:.2f}')} ± {g('reward/std', '{:.2f}')}"
+            f" | zero-std {g('frac_reward_zero_std', '{:.2f}')} | kl {g('kl', '{:.4f}')} | loss {g('loss', '{:+.4f}')}"
+            f" | clip {g('loss/clip_frac_low', '{:.2f}')}/{g('loss/clip_frac_high', '{:.2f}')}"
+            f" | ent {g('entropy', '{:.2f}')} | len {g('completion_len', '{:.0f}')} | trunc {g('truncated_frac', '{:.2f}')}"
+            f" | tok/s {g('tok_per_s/rollout', '{:,.0f}')}/{g('tok_per_s/train', '{:,.0f}')}"
+            f" | t {g('time/rollout', '{:.1f}')}+{g('time/judge', '{:.1f}')}+{g('time/train', '{:.1f}')}s"
+            f" | mem {g('peak_mem_gb', '{:.1f}')}GB")
+
+
+class NullLogger:
+    def log(self, step: int, metrics: dict) -> None: ...
+    def write(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class RunLogger(NullLogger):
+    def __init__(self, out_dir: str | Path, total_steps: int, start_step: int = 0, tensorboard: bool = False,
+                 plot: bool = True):
+        from tqdm import tqdm
+        self.out = Path(out_dir)
+        self.total, self.plot = total_steps, plot
+        self.jsonl = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", file=sys.stderr,
+                        dynamic_ncols=True)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self.write("tensorboard not installed: `pip install tensorboard` to enable --tensorboard")
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        self.bar.write(format_line(step, self.total, metrics))
+        self.bar.update(1)
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.plot:
+            plot_rewards(self.out / "metrics.jsonl", self.out / "reward_curve.png")
+
+
+def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
+    """Reward mean ± std per step, and the fraction of zero-variance groups on a second axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = list({r["step"]: r for r in rows}.values())  # a resumed run re-logs nothing, but keep the last per step
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    mean = [r.get("reward/mean", float("nan")) for r in rows]
+    std = [r.get("reward/std", 0.0) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, mean, label="reward mean")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r.get("frac_reward_zero_std", float("nan")) for r in rows], color="tab:red", alpha=0.5,
+             label="frac zero-std groups")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("fraction of zero-variance groups")
+    fig.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1])
+    plot_rewards(src, src.with_name("reward_curve.png"))

@@ -1,0 +1,134 @@
+"""Rollout: G sampled completions per prompt with the model's KV cache.
+
+    python -m pytest tests/test_rollout.py
+
+A hand-written decode loop instead of `model.generate`, for one property: **batch-invariant sampling**. The random
+number that picks token t of sequence s is a hash of (seed, s, t, vocab id), not a draw from a shared RNG stream, so a
+sequence gets the same tokens whether it is sampled alone, in a batch of 48, on rank 0 of 2 or after a resume. That is
+what makes `--resume` bit-exact and 2-process training equal 1-process training. Sampling is Gumbel-max with that
+noise (`argmax(log p + Gumbel)` is an exact sample of softmax), so no `torch.multinomial` and no host sync per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class Rollouts:
+    """One rollout batch; rows are prompt-major: row b*G + g is sample g of prompt b."""
+    prompt_ids: torch.Tensor       # (B*G, P) left-padded
+    prompt_mask: torch.Tensor      # (B*G, P) 1 = real token
+    completion_ids: torch.Tensor   # (B*G, T) right-padded with pad id after EOS
+    completion_mask: torch.Tensor  # (B*G, T) 1 up to and including EOS
+    texts: list                    # B*G decoded completions (special tokens removed)
+    truncated: torch.Tensor        # (B*G,) bool — hit max_new_tokens before EOS
+    num_generations: int
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (B*G, P+T)
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B*G, P+T)
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix (lowbias32 by Chris Wellons) on int64 tensors; products stay below 2**63."""
+    x = x & _MASK32
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seed: int, seq_ids: torch.Tensor, t: int, vocab: int) -> torch.Tensor:
+    """Gumbel(0,1) noise (rows, V) that depends only on (seed, sequence id, position t, vocab id)."""
+    v = torch.arange(vocab, device=seq_ids.device, dtype=torch.int64)                      # (V,)
+    key = _hash32(_hash32(seq_ids.to(torch.int64) * 0x9E3779B1 + seed) + t * 0x85EBCA77)  # (rows,)
+    bits = _hash32(key[:, None] * 0x27D4EB2F + v[None, :])                                 # (rows, V)
+    u = (bits.to(torch.float64) + 0.5) / 2**32                                             # in (0, 1), never 0 or 1
+    return -torch.log(-torch.log(u)).to(torch.float32)
+
+
+def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """logits (rows, V) → filtered log-probs at `temperature`; removed tokens are -inf. Order as in HF: top-k, top-p, min-p."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (rows, V)
+    if 0 < top_k < logp.shape[-1]:
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logp, idx = logp.sort(dim=-1, descending=True)
+        mass_before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()  # keep a token if the mass before it < top_p
+        drop = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, idx, mass_before >= top_p)
+        logp = logp.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        # keep tokens with p >= min_p * p_max (Nguyen et al. 2024): log p >= log p_max + log min_p
+        logp = logp.masked_fill(logp < logp.max(-1, keepdim=True).values + torch.log(torch.tensor(min_p)), float("-inf"))
+    return logp
+
+
+def stop_token_ids(model, tokenizer) -> torch.Tensor:
+    """The tokenizer's EOS plus the generation config's (Qwen3 stops at <|im_end|> and <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+    return torch.tensor(sorted(i for i in ids if i is not None), device=next(model.parameters()).device)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_new_tokens: int = 256,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+             seed: int = 0, seq_offset: int = 0, max_prompt_len: int | None = None) -> Rollouts:
+    """Sample `num_generations` completions for each prompt (a list of chat messages).
+
+    seed, seq_offset: sequence row r is sampled with noise keyed by (seed, seq_offset + r); pass the global index of the
+    first row so the same sequence gets the same tokens on any rank or batch layout. temperature 0 = greedy.
+    """
+    device = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    prompt_ids = enc["input_ids"].repeat_interleave(num_generations, 0).to(device)     # (B*G, P)
+    prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0).to(device)
+    if max_prompt_len and prompt_ids.shape[1] > max_prompt_len:  # keep the end: the question is the last user turn
+        prompt_ids, prompt_mask = prompt_ids[:, -max_prompt_len:], prompt_mask[:, -max_prompt_len:]
+    rows = prompt_ids.shape[0]
+    eos, pad = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
+    seq_ids = torch.arange(seq_offset, seq_offset + rows, device=device)
+
+    was_training = model.training
+    model.eval()  # also turns gradient checkpointing off, so the KV cache is used
+    mask = prompt_mask
+    position = (mask.cumsum(-1) - 1).clamp(min=0)                                       # (B*G, P) left-pad aware
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]                              # (B*G, V)
+    next_pos = position[:, -1:] + 1                                                      # (B*G, 1)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    tokens = []
+    for t in range(max_new_tokens):
+        if temperature == 0:
+            tok = logits.argmax(-1)
+        else:
+            logp = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+            tok = (logp + gumbel_noise(seed, seq_ids, t, logp.shape[-1])).argmax(-1)    # (B*G,)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        tokens.append(tok)
+        done = done | torch.isin(tok, eos)
+        if t + 1 == max_new_tokens or bool(done.all()):  # host sync once per token: lets a batch stop early
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # finished rows keep decoding pads; ignored
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True)
+        cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+    model.train(was_training)
+
+    completion_ids = torch.stack(tokens, dim=1)                                          # (B*G, T)
+    is_eos = torch.isin(completion_ids, eos)
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0                          # strictly after the first EOS
+    completion_mask = (~after_eos).long()
+    truncated = ~is_eos.any(-1)
+    decoded = tokenizer.batch_decode(completion_ids.masked_fill(after_eos, pad).tolist(), skip_special_tokens=True)
+    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, decoded, truncated, num_generations)
