@@ -207,7 +207,7 @@ def test_garbage_at_masked_positions_is_harmless(variant):
     clean = logp.clone().requires_grad_(True)
     dirty = torch.where(mask, logp, math.nan).requires_grad_(True)  # padding logp: NaN junk
     junk = torch.tensor([math.inf, -math.inf, math.nan], dtype=F64).repeat(mask.numel())[:mask.numel()]
-    junk = junk.view_as(mask)
+    junk = junk.view_as(mask)  # what a padded forward or a cached old_logp may hold at padding
     old_dirty, ref_dirty = torch.where(mask, old, junk), torch.where(mask, ref, junk.flip(0))
     kw = {"dr_grpo": dict(max_len=9)}.get(variant, {})
     loss_c, m_c = call(variant, clean, old, ref, adv, mask, beta=0.1, **kw)
