@@ -12,4 +12,5 @@ class Sample:
     prompt: list  # list[dict(role, content)] — the conversation so far, ending with a user turn
     rubric: Rubric
     reference: str | None = None
-    tags: tuple = ()
+    tags: tuple = ()  # e.g. ("theme:hedging", "heart:arrhythmia", "source:...")
+    reasoning: str | None = None  # a reasoning trace for the SFT target (the paper's `synthetic_reasoning`), if any
