@@ -1,1 +1,15 @@
-"""Triton fused log-prob kernels, each beside its torch reference."""
+"""Triton fused log-prob kernels, each beside its torch reference.
+
+    python -m pytest tests/test_kernels_logprobs.py tests/test_kernels_linear.py tests/test_kernels_compile.py
+    python bench/bench_kernels.py
+
+selective_logprobs(logits, targets, T)        log p(target) from materialised (N, V) logits, one pass per row
+linear_logprobs(hidden, weight, targets, T)   lm_head fused in: the (N, V) logits are never built
+Both run Triton on CUDA tensors (or on CPU under TRITON_INTERPRET=1) and a chunked torch path elsewhere;
+`impl="triton" | "torch"` forces one. The package imports without triton installed.
+"""
+from ._common import HAS_TRITON, INTERPRET
+from .linear_logprobs import linear_logprobs
+from .logprobs import selective_logprobs
+
+__all__ = ["selective_logprobs", "linear_logprobs", "HAS_TRITON", "INTERPRET"]
