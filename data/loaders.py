@@ -65,7 +65,7 @@ def from_record(rec: dict, where: str = "record", *, heart: bool = True) -> Samp
             ideal = rec.get("ideal_completions_data")
             reference = ideal.get("ideal_completion") if isinstance(ideal, dict) else None
             tags = tuple(t for t in rec.get("example_tags") or () if isinstance(t, str))
-            reasoning = None
+            reasoning = rec.get("synthetic_reasoning") if isinstance(rec.get("synthetic_reasoning"), str) else None
         elif "question" in rec and "rubric" in rec:  # RaR-Medicine, or the paper's heart JSONL
             if not isinstance(rec["question"], str) or not rec["question"].strip():
                 raise ValueError("`question` must be a non-empty string")
@@ -93,6 +93,30 @@ def from_record(rec: dict, where: str = "record", *, heart: bool = True) -> Samp
         if label.related:
             sample = Sample(sample.id, prompt, rubric, reference, tags + (f"heart:{label.theme}",), reasoning)
     return sample
+
+
+def to_record(sample: Sample) -> dict:
+    """Sample → a HealthBench-shaped record that `from_record` reads back unchanged (criterion tags such as
+    `category:pitfall` and the sample's tags survive; the reasoning travels as `synthetic_reasoning`)."""
+    rec = {"prompt_id": sample.id, "prompt": sample.prompt,
+           "rubrics": [{"criterion": c.text, "points": c.points, "tags": list(c.tags)} for c in sample.rubric],
+           "example_tags": list(sample.tags),
+           "ideal_completions_data": {"ideal_completion": sample.reference} if sample.reference is not None else None}
+    if sample.reasoning is not None:
+        rec["synthetic_reasoning"] = sample.reasoning
+    return rec
+
+
+def write_samples(path, samples) -> int:
+    """Write Samples as HealthBench-shaped JSONL (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(to_record(s), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return len(samples)
 
 
 def _records(path: Path) -> Iterator[tuple[str, object]]:
