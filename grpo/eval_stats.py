@@ -1,0 +1,110 @@
+"""Evaluation statistics, pure functions over per-example verdicts (used by `python -m grpo.evaluate`).
+
+    python -m grpo.evaluate --compare runs/eval-base/results.jsonl runs/eval-grpo/results.jsonl
+
+An example is (points: list[float], met: list[bool | None], tags: list[tuple]) — one entry per rubric criterion.
+HealthBench's official score (simple-evals `healthbench_eval.py`): per example, the sum of the points of the criteria
+judged met (a met pitfall subtracts) over the sum of positive points, not clipped; the reported score is the mean over
+examples clipped to [0, 1], with a bootstrap std. An unknown verdict (None) counts as not met.
+The paper's metrics: an example *passes* when its score is > 0.5; accuracy / precision / recall / F1 are over
+criteria, reading each criterion as a label an ideal response gets right (positive criteria met, pitfalls not met)
+and the judge's verdict as the response's prediction — precision: share of the behaviours shown that are desirable,
+recall: share of the desirable behaviours shown.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+
+def example_score(points: Sequence[float], met: Sequence[bool | None]) -> float | None:
+    """Σ points of met criteria / Σ positive points; None when the rubric has no positive points."""
+    if len(points) != len(met):
+        raise ValueError(f"{len(points)} criteria but {len(met)} verdicts")
+    total = sum(p for p in points if p > 0)
+    if total <= 0:
+        return None
+    return sum(p for p, m in zip(points, met) if m is True) / total
+
+
+def clipped_mean(values: Sequence[float]) -> float:
+    """The official aggregate: mean over examples, clipped to [0, 1] (nan for no examples)."""
+    values = [v for v in values if v is not None]
+    return min(1.0, max(0.0, sum(values) / len(values))) if values else math.nan
+
+
+def bootstrap(values: Sequence[float], stat=clipped_mean, *, n: int = 1000, seed: int = 0,
+              alpha: float = 0.05) -> dict:
+    """{"value", "std", "lo", "hi"}: the statistic, its bootstrap std (as simple-evals reports) and the percentile
+    (1-alpha) interval from `n` resamples with replacement (a fixed seed, so reruns print the same interval)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"value": math.nan, "std": math.nan, "lo": math.nan, "hi": math.nan}
+    rng = random.Random(seed)
+    stats = sorted(stat(rng.choices(values, k=len(values))) for _ in range(n))
+    mean = sum(stats) / n
+    std = math.sqrt(sum((s - mean) ** 2 for s in stats) / (n - 1)) if n > 1 else 0.0
+    lo, hi = stats[int(math.floor(alpha / 2 * (n - 1)))], stats[int(math.ceil((1 - alpha / 2) * (n - 1)))]
+    return {"value": stat(values), "std": std, "lo": lo, "hi": hi}
+
+
+def tag_scores(examples: Sequence[tuple], prefix: str) -> dict[str, float]:
+    """Per criterion tag (e.g. prefix "axis:"): each example scored on only its criteria with that tag, then the
+    clipped mean over the examples that have such a criterion with positive points (simple-evals' per-axis scores)."""
+    per_tag: dict[str, list] = {}
+    for points, met, tags in examples:
+        for tag in sorted({t for ts in tags for t in ts if t.startswith(prefix)}):
+            idx = [i for i, ts in enumerate(tags) if tag in ts]
+            s = example_score([points[i] for i in idx], [met[i] for i in idx])
+            if s is not None:
+                per_tag.setdefault(tag[len(prefix):], []).append(s)
+    return {tag: clipped_mean(v) for tag, v in sorted(per_tag.items())}
+
+
+def group_scores(scores: Sequence[float | None], groups: Sequence[Sequence[str]], prefix: str) -> dict[str, dict]:
+    """Per example tag (e.g. "theme:" or "heart:"): {"n", "score"} with the clipped mean of the group's scores."""
+    out: dict[str, list] = {}
+    for s, tags in zip(scores, groups):
+        for t in tags:
+            if t.startswith(prefix) and s is not None:
+                out.setdefault(t[len(prefix):], []).append(s)
+    return {k: {"n": len(v), "score": clipped_mean(v)} for k, v in sorted(out.items())}
+
+
+def criterion_metrics(examples: Sequence[tuple]) -> dict:
+    """Accuracy, precision, recall, F1 over all criteria (see module docstring); unknown verdicts count as not met."""
+    tp = fp = fn = tn = 0
+    for points, met, _ in examples:
+        for p, m in zip(points, met):
+            want, got = p > 0, m is True
+            tp += want and got
+            fp += got and not want
+            fn += want and not got
+            tn += not want and not got
+    n = tp + fp + fn + tn
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    f1 = 2 * precision * recall / (precision + recall) if tp else (0.0 if n else math.nan)
+    return {"accuracy": (tp + tn) / n if n else math.nan, "precision": precision, "recall": recall, "f1": f1,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def pass_rate(scores: Sequence[float | None], threshold: float = 0.5) -> float:
+    """The paper's per-example pass: share of examples with normalised score > threshold."""
+    scores = [s for s in scores if s is not None]
+    return sum(s > threshold for s in scores) / len(scores) if scores else math.nan
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test on paired outcomes (the same examples under two systems): two-sided binomial test of the
+    discordant pairs, n01 = a failed & b passed, n10 = a passed & b failed, against p = 1/2."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes differ in length: {len(a)} vs {len(b)}")
+    n01 = sum((not x) and y for x, y in zip(a, b))
+    n10 = sum(x and (not y) for x, y in zip(a, b))
+    n = n01 + n10
+    k = min(n01, n10)
+    # P(X <= k) for X ~ Binomial(n, 1/2), doubled (the distribution is symmetric), capped at 1
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n)
+    return {"n01": n01, "n10": n10, "p_value": p}
