@@ -15,9 +15,8 @@ bench/ sibling, so `importlib` can load it by path. The activation terms are der
 actually saves in transformers' Qwen3DecoderLayer with peft LoRA and SDPA (see `_saved_bytes_per_token_layer`);
 tests/test_memory.py checks them against a saved-tensor census and against peaks measured with torch.profiler.
 """
-from __future__ import annotations
 
-import argparse
+import argparse  # no `from __future__ import annotations`: dataclasses then need sys.modules, which importlib-by-path skips
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -165,14 +164,14 @@ def _backward_temp_bytes_per_token(d: dict, b: int) -> int:
 def _logprob_head_bytes(d: dict, b: int, n: int, impl: str) -> int:
     """Peak of the log-prob path for n completion tokens (only completion positions reach the head, grpo.logprobs).
     All paths keep the gathered hidden states h (n, H) and later their grad (n, H).
-      naive:     logits (n,V)b + fp32 copy (n,V)4 (skipped when b = 4) + /temperature (n,V)4 + log_softmax (n,V)4
-                 = the forward peak; backward holds log_softmax out + gather grad + its grad = 3·(n,V)4, no larger
+      naive:     forward: logits (n,V)b + (fp32 copy / temperature) (n,V)4 + log_softmax (n,V)4 (the fp32 copy
+                 is freed by then); backward: log_softmax out + gather grad + its grad, 3·(n,V)4 — the larger of the two
       selective: logits (n,V)b saved + dlogits (n,V)b in backward + a chunk of fp32 tiles (torch path)
       fused:     never builds (n,V): per-row stats + a bounded workspace"""
     V, H = d["V"], d["H"]
     hidden = 2 * n * H * b
     if impl == "naive":
-        return hidden + n * V * (3 * FP32 + (b if b != FP32 else 0))
+        return hidden + n * V * max(3 * FP32, b + 2 * FP32)
     if impl == "selective":
         return hidden + 2 * n * V * b + min(n * V * FP32, FUSED_WORKSPACE)
     if impl == "fused":
