@@ -138,7 +138,7 @@ def _triton_fwd(hidden, weight, targets, temperature, with_entropy):
     # enough vocab slices for ~2 waves of programs; recomputed so that no slice is empty
     tiles_per_split = triton.cdiv(n_tiles, max(1, min(n_tiles, triton.cdiv(2 * _num_sms(hidden.device), n_blocks))))
     split = triton.cdiv(n_tiles, tiles_per_split)
-    parts = torch.empty(4, split, N, dtype=torch.float32, device=hidden.device)       # m, s, t, x_t partials
+    parts = _common.empty(4, split, N, dtype=torch.float32, device=hidden.device)       # m, s, t, x_t partials
     _linear_logprobs_fwd_kernel[(n_blocks, split)](
         hidden, weight, targets, parts[0], parts[1], parts[2], parts[3], N, V, H, hidden.stride(0),
         weight.stride(0), 1.0 / temperature, tiles_per_split, WITH_ENTROPY=with_entropy,
@@ -159,7 +159,7 @@ def _triton_bwd(hidden, weight, targets, m, logs, grad, temperature, need_dw):
     V = weight.shape[0]
     cfg = _config(hidden.dtype)
     rows = max(cfg["BLOCK_N"], _DZ_CHUNK_BYTES // (V * weight.element_size()) // cfg["BLOCK_N"] * cfg["BLOCK_N"])
-    dz = torch.empty(min(rows, N), V, dtype=weight.dtype, device=hidden.device)      # (rows, V) reused per chunk
+    dz = _common.empty(min(rows, N), V, dtype=weight.dtype, device=hidden.device)      # (rows, V) reused per chunk
     dh = _common.empty(N, H, dtype=hidden.dtype, device=hidden.device)
     # fp32 accumulator across row chunks: bf16 would round once per chunk. Only when the head is trained.
     dw = torch.zeros(V, H, dtype=torch.float32, device=hidden.device) if need_dw else None
@@ -264,6 +264,8 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     impl = pick_impl(impl, hidden)
+    if hidden.shape[0] == 0:  # nothing to launch; the torch path returns empty tensors
+        impl = "torch"
     return _LinearLogprobs.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), float(temperature),
                                  with_entropy, impl)
 

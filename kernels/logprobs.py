@@ -165,6 +165,8 @@ def selective_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     impl = pick_impl(impl, logits)
+    if logits.shape[0] == 0:  # nothing to launch; the torch path returns empty tensors
+        impl = "torch"
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     return _SelectiveLogprobs.apply(logits, targets.contiguous(), float(temperature), with_entropy, impl,
