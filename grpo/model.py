@@ -39,6 +39,7 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 FORMAT_TOKENS = ["<start_working_out>", "<end_working_out>", "<SOLUTION>", "</SOLUTION>"]
+PRETRAIN_STEPS = 150  # see _pretrain
 TINY_VOCAB = 1024  # byte-level BPE merges learnt on the demo corpus; small so a random policy hits keywords
 
 
@@ -71,6 +72,25 @@ def _tiny_corpus() -> list[str]:
     return texts
 
 
+def _pretrain(model, tok, corpus: list, *, seed: int, steps: int = PRETRAIN_STEPS, seq_len: int = 48,
+              batch: int = 16, lr: float = 3e-3) -> None:
+    """A few seconds of next-token training on the demo corpus, so the toy "base model" speaks its vocabulary the way
+    a real base model does. A purely random policy almost never writes a whole rubric keyword, every group's reward
+    is 0 and GRPO has nothing to compare; after this the samples differ and the judge can tell them apart."""
+    ids = torch.tensor(tok("\n".join(corpus), add_special_tokens=False)["input_ids"])
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        start = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=g)
+        x = torch.stack([ids[s:s + seq_len] for s in start.tolist()])           # (batch, seq_len)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+
+
 def build_tiny(cache_dir: str | None = None, seed: int = 0) -> str:
     """Build a tiny Qwen3-architecture model and a byte-level BPE tokenizer locally (no download) and cache them as an
     HF model directory. The cache key hashes the corpus and config, so editing the demo data rebuilds it."""
@@ -78,7 +98,7 @@ def build_tiny(cache_dir: str | None = None, seed: int = 0) -> str:
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     corpus = _tiny_corpus()
-    key = hashlib.sha256(json.dumps([corpus, SHAPES["tiny"], TINY_VOCAB, seed, CHAT_TEMPLATE]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([corpus, SHAPES["tiny"], TINY_VOCAB, PRETRAIN_STEPS, seed, CHAT_TEMPLATE]).encode()).hexdigest()[:12]
     root = Path(cache_dir or os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo-rubric"))
     path = root / f"tiny-qwen3-{key}"
     if (path / "config.json").exists():
@@ -100,6 +120,7 @@ def build_tiny(cache_dir: str | None = None, seed: int = 0) -> str:
     cfg = Qwen3Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, **SHAPES["tiny"])
     model = Qwen3ForCausalLM(cfg)
+    _pretrain(model, tok, corpus, seed=seed)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -10,6 +10,7 @@ noise (`argmax(log p + Gumbel)` is an exact sample of softmax), so no `torch.mul
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,19 @@ def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p
     return logp
 
 
+def completion_masks(completion_ids: torch.Tensor, eos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """completion_ids (S, T) → (mask (S, T) long: 1 up to and including the first EOS, truncated (S,) bool: no EOS)."""
+    is_eos = torch.isin(completion_ids, eos)                                             # (S, T)
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0                          # strictly after the first EOS
+    return (~after_eos).long(), ~is_eos.any(-1)
+
+
+def cache_argument(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this version speaks."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def stop_token_ids(model, tokenizer) -> torch.Tensor:
     """The tokenizer's EOS plus the generation config's (Qwen3 stops at <|im_end|> and <|endoftext|>)."""
     ids = {tokenizer.eos_token_id}
@@ -104,7 +118,8 @@ def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_n
     mask = prompt_mask
     position = (mask.cumsum(-1) - 1).clamp(min=0)                                       # (B*G, P) left-pad aware
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]                              # (B*G, V)
+    cache_kw = cache_argument(model)
+    cache, logits = getattr(out, cache_kw), out.logits[:, -1]                           # (B*G, V)
     next_pos = position[:, -1:] + 1                                                      # (B*G, 1)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens = []
@@ -120,15 +135,13 @@ def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_n
         if t + 1 == max_new_tokens or bool(done.all()):  # host sync once per token: lets a batch stop early
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # finished rows keep decoding pads; ignored
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)
-        cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
+                    **{cache_kw: cache})
+        cache, logits, next_pos = getattr(out, cache_kw), out.logits[:, -1], next_pos + 1
     model.train(was_training)
 
     completion_ids = torch.stack(tokens, dim=1)                                          # (B*G, T)
-    is_eos = torch.isin(completion_ids, eos)
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0                          # strictly after the first EOS
-    completion_mask = (~after_eos).long()
-    truncated = ~is_eos.any(-1)
-    decoded = tokenizer.batch_decode(completion_ids.masked_fill(after_eos, pad).tolist(), skip_special_tokens=True)
+    completion_mask, truncated = completion_masks(completion_ids, eos)
+    decoded = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad).tolist(),
+                                     skip_special_tokens=True)
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, decoded, truncated, num_generations)

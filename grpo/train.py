@@ -142,7 +142,7 @@ def main(argv: list) -> None:
         verdicts = grade_sync(judge, items)
         t2 = time.perf_counter()
         scores = {name: torch.tensor([float("nan") if (r := REWARDS[name](rub, met)) is None else r
-                                      for (_, _, rub), met in zip(items, verdicts)]).view(len(picked), G)
+                                      for (_, _, rub), met in zip(items, verdicts)], dtype=torch.float32).view(len(picked), G)
                   for name in reward_names}
         well_formed = torch.tensor([parse(t).well_formed for t in roll.texts], dtype=torch.float32)
         return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item()}

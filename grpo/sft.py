@@ -1,0 +1,118 @@
+"""LoRA SFT warm start on reference answers in the structured output format (prompt tokens masked).
+
+    torchrun grpo/sft.py --data sft.jsonl --reasoning traces.jsonl --out runs/sft    # then:
+    torchrun grpo/train.py --init_adapter runs/sft/adapter ...
+    torchrun grpo/sft.py --steps 20 --out runs/sft-demo                              # CPU demo on the bundled sample
+
+The target is `format_target(reasoning, reference)`: the reasoning trace (from `data.augment`, a JSONL of
+{"id", "reasoning"}; empty when absent) between <start_working_out> tags, the reference answer between <SOLUTION> tags,
+then EOS. The loss is the mean negative log-likelihood of target tokens, through the same `completion_logprobs` as GRPO.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+if __package__ in (None, ""):  # `torchrun grpo/sft.py` puts grpo/ first on sys.path; we want the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+from tqdm import tqdm
+
+from data import bundled_demo_path, load_samples
+from data.format import format_target, to_messages
+from grpo import dist
+from grpo.config import _coerce
+from grpo.logprobs import completion_logprobs
+from grpo.model import add_lora, default_dtype, load_model
+
+
+@dataclass
+class SFTConfig:
+    model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds the local toy Qwen3"})
+    data: str = field(default="demo", metadata={"help": "samples with reference answers; 'demo' = bundled sample"})
+    reasoning: str = field(default="", metadata={"help": "JSONL of {id, reasoning} traces (data.augment output)"})
+    out: str = field(default="runs/sft", metadata={"help": "output dir; the adapter goes to out/adapter"})
+    steps: int = field(default=30, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per step, all ranks together"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate (constant)"})
+    max_len: int = field(default=1024, metadata={"help": "target tokens kept, tokens"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    seed: int = field(default=0, metadata={"help": "seed for init and data order"})
+
+
+def encode(tokenizer, messages: list, target: str, max_len: int):
+    """Prompt ids (chat template + generation prompt) and target ids (+ EOS), as 1-D tensors."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    p = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    t = tokenizer(target, add_special_tokens=False, return_tensors="pt")["input_ids"][0][: max_len - 1]
+    return p, torch.cat([t, torch.tensor([tokenizer.eos_token_id])])
+
+
+def collate(pairs: list, pad_id: int):
+    """Left-pad prompts, right-pad targets: the same layout as rollouts, so completion_logprobs applies unchanged."""
+    P = max(len(p) for p, _ in pairs)
+    T = max(len(t) for _, t in pairs)
+    ids = torch.full((len(pairs), P + T), pad_id)
+    attn = torch.zeros((len(pairs), P + T), dtype=torch.long)
+    cmask = torch.zeros((len(pairs), T), dtype=torch.long)
+    for i, (p, t) in enumerate(pairs):
+        ids[i, P - len(p):P], ids[i, P:P + len(t)] = p, t
+        attn[i, P - len(p):P + len(t)] = 1
+        cmask[i, :len(t)] = 1
+    return ids, attn, cmask  # (S, P+T), (S, P+T), (S, T)
+
+
+def main(argv: list) -> None:
+    known = {f.name: f for f in fields(SFTConfig)}
+    kv = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv)
+    if bad := [k for k in kv if k.replace("-", "_") not in known]:
+        raise SystemExit(f"unknown flag(s) {bad}; known: {sorted(known)}")
+    cfg = SFTConfig(**{k.replace("-", "_"): _coerce(k, known[k.replace("-", "_")].type, v) for k, v in kv.items()})
+    rank, world, device = dist.init()
+    random.seed(cfg.seed), torch.manual_seed(cfg.seed)
+    samples = [s for s in load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data) if s.reference]
+    if not samples:
+        raise SystemExit(f"{cfg.data}: no sample has a reference answer to train on")
+    traces = {}
+    if cfg.reasoning:
+        for line in Path(cfg.reasoning).read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line) if line.strip() else None
+            if rec:
+                traces[rec["id"]] = rec["reasoning"]
+    model, tok = load_model(cfg.model, device=device, dtype=default_dtype(device))
+    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    per_rank = cfg.batch_size // world
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0)
+    for step in bar:
+        idx = [order[(step * cfg.batch_size + rank * per_rank + j) % len(samples)] for j in range(per_rank)]
+        pairs = [encode(tok, to_messages(samples[i]), format_target(traces.get(samples[i].id, ""), samples[i].reference),
+                        cfg.max_len) for i in idx]
+        ids, attn, cmask = (x.to(device) for x in collate(pairs, tok.pad_token_id))
+        logp = completion_logprobs(model, ids, attn, cmask)                           # (S, T)
+        loss = -(logp * cmask).sum() / cmask.sum()
+        loss.backward()
+        if world > 1:
+            for p in params:
+                dist.all_reduce_sum(p.grad).div_(world)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.set_postfix(nll=f"{loss.item():.3f}")  # sync: once per step, for the progress bar
+    if rank == 0:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out / "adapter")  # PEFT format: adapter_model.safetensors + adapter_config.json
+        (out / "sft_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        print(f"adapter saved to {out / 'adapter'} (final nll {loss.item():.3f})")
+    dist.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

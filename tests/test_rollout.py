@@ -1,0 +1,96 @@
+"""Rollout: sampling filters, the keyed Gumbel sampler, masks, and batch-invariant generation."""
+import math
+
+import pytest
+import torch
+
+from grpo.rollout import completion_masks, filter_logits, generate, gumbel_noise
+
+
+def _kept(logp):
+    return torch.isfinite(logp[0]).nonzero().flatten().tolist()
+
+
+def test_filters_match_hand_computed_sets():
+    p = torch.tensor([[0.5, 0.25, 0.15, 0.07, 0.03]])
+    logits = p.log()
+    # top-k 2 keeps the two largest
+    assert _kept(filter_logits(logits, temperature=1, top_k=2, top_p=1, min_p=0)) == [0, 1]
+    # top-p 0.8: cumulative mass before each token 0, .5, .75, .9 → keep while < 0.8 → tokens 0,1,2
+    assert _kept(filter_logits(logits, temperature=1, top_k=0, top_p=0.8, min_p=0)) == [0, 1, 2]
+    # min-p 0.2: keep p >= 0.2 * 0.5 = 0.1 → tokens 0,1,2
+    assert _kept(filter_logits(logits, temperature=1, top_k=0, top_p=1, min_p=0.2)) == [0, 1, 2]
+    # temperature 2 keeps all and renormalises p^(1/2)
+    out = filter_logits(logits, temperature=2, top_k=0, top_p=1, min_p=0).exp()
+    ref = p.sqrt() / p.sqrt().sum()
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_keyed_gumbel_sampling_follows_softmax():
+    """argmax(log p + Gumbel) over many sequence ids is distributed as p (chi-square test, fixed seed)."""
+    p = torch.tensor([0.4, 0.3, 0.2, 0.07, 0.03])
+    n = 40_000
+    seq = torch.arange(n)
+    draws = (p.log()[None] + gumbel_noise(seed=7, seq_ids=seq, t=3, vocab=5)).argmax(-1)
+    counts = torch.bincount(draws, minlength=5).double()
+    chi2 = (((counts - n * p.double()) ** 2) / (n * p.double())).sum().item()
+    assert chi2 < 18.47  # 99.9 % quantile of chi-square with 4 degrees of freedom
+
+
+def test_noise_depends_only_on_key():
+    a = gumbel_noise(3, torch.tensor([5, 9]), 2, 11)
+    b = gumbel_noise(3, torch.tensor([9]), 2, 11)
+    assert torch.equal(a[1], b[0])                      # same (seed, seq, t): same noise, whatever the batch
+    assert not torch.equal(a[0], a[1])                  # different sequences differ
+    assert not torch.equal(a, gumbel_noise(3, torch.tensor([5, 9]), 3, 11))  # different positions differ
+    assert torch.isfinite(a).all()
+
+
+def test_completion_masks():
+    eos = torch.tensor([9])
+    ids = torch.tensor([[1, 2, 9, 0, 0],    # EOS at 2: mask through it
+                        [1, 2, 3, 4, 5],    # no EOS: truncated, all valid
+                        [9, 9, 1, 1, 1]])   # EOS first: one valid token
+    mask, truncated = completion_masks(ids, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert truncated.tolist() == [False, True, False]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from grpo.model import build_tiny, load_model
+    return load_model(build_tiny(), device=torch.device("cpu"))
+
+
+def test_generation_is_batch_invariant(tiny):
+    """A sequence gets the same tokens alone or inside a batch with other (differently padded) prompts."""
+    model, tok = tiny
+    short = [{"role": "user", "content": "Is aspirin safe?"}]
+    long = [{"role": "user", "content": "My blood pressure is high after exercise and I feel palpitations, why?"}]
+    kw = dict(num_generations=3, max_new_tokens=12, min_p=0.05, seed=11)
+    together = generate(model, tok, [long, short], **kw, seq_offset=0)
+    alone = generate(model, tok, [short], **kw, seq_offset=3)  # rows 3..5 of the batch above
+    assert together.texts[3:] == alone.texts
+    n = alone.completion_mask.shape[1]
+    assert torch.equal(together.completion_ids[3:, :n][alone.completion_mask.bool()],
+                       alone.completion_ids[alone.completion_mask.bool()])
+    assert together.prompt_ids.shape[0] == 6 and together.completion_mask.shape == together.completion_ids.shape
+
+
+def test_generation_matches_a_full_forward(tiny):
+    """KV-cached decoding scores each sampled token as a full forward over the finished sequence does (left padding)."""
+    from grpo.logprobs import completion_logprobs
+    model, tok = tiny
+    prompts = [[{"role": "user", "content": "What is a statin?"}],
+               [{"role": "user", "content": "Chest pain at rest with sweating: what should I do now?"}]]
+    roll = generate(model, tok, prompts, num_generations=2, max_new_tokens=10, temperature=0)
+    logp = completion_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_mask, impl="reference")
+    # greedy decoding picks each row's argmax, so every chosen token must be the full forward's top-1
+    full = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask,
+                 position_ids=(roll.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+    T = roll.completion_ids.shape[1]
+    full = full[:, -T - 1:-1]                                   # (S, T) positions that predict completion tokens
+    top = full.log_softmax(-1).max(-1).values
+    valid = roll.completion_mask.bool()
+    torch.testing.assert_close(logp[valid], top[valid], rtol=0, atol=1e-4)
+    assert math.isclose(float(logp[~valid].abs().sum()), 0.0)
