@@ -1,0 +1,108 @@
+"""grpo.evaluate end to end: tiny model, a keyword judge, resume from a partial results file, summary, compare."""
+import asyncio
+import json
+import re
+
+import pytest
+
+from data import bundled_demo_path, load_samples
+from grpo import eval_stats as S
+from grpo.evaluate import ApiResponder, compare, markdown, run, select, summarize
+
+try:
+    from rewards.judge import make_judge
+except ImportError:  # rewards.judge lands separately; the evaluator only needs grade_many
+    make_judge = None
+
+
+class WordJudge:
+    """Criterion met when its longest word occurs in the completion: deterministic, independent of rewards.judge."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def grade_many(self, items):
+        self.calls += len(items)
+        return [[max(re.findall(r"\w+", c.text.lower()), key=len) in comp.lower() for c in rubric]
+                for _, comp, rubric in items]
+
+
+def _judge():
+    return make_judge("keyword") if make_judge else WordJudge()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from grpo.evaluate import PolicyResponder
+    from grpo.model import build_tiny
+    path = build_tiny(str(tmp_path_factory.mktemp("models")))
+    return PolicyResponder(path, max_new_tokens=12, temperature=1.0, seed=0)
+
+
+def test_end_to_end_tiny_with_resume(tiny, tmp_path):
+    samples = load_samples(bundled_demo_path())[:4]
+    judge = _judge()
+    first = asyncio.run(run(samples[:2], tiny, judge, tmp_path, batch_size=2, progress=False))
+    path = tmp_path / "results.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:25])  # an interrupted run: second line torn
+    recs = asyncio.run(run(samples, tiny, judge, tmp_path, batch_size=2, progress=False))
+    assert [r["id"] for r in recs] == [s.id for s in samples] and recs[0] == first[0]
+    assert recs[1]["response"] == first[1]["response"]  # the redone example got the same sampled text
+    assert len([json.loads(x) for x in path.read_text().splitlines() if x.startswith("{") and x.endswith("}")]) == 4  # 1 kept + 3 new; torn line ignored
+    for r, s in zip(recs, samples):
+        assert len(r["verdicts"]) == len(s.rubric) and r["points"] == [c.points for c in s.rubric]
+        assert r["score"] == S.example_score(r["points"], r["verdicts"])
+    summary = summarize(recs, n_boot=50)
+    assert summary["n"] == 4 and 0 <= summary["format_compliance"] <= 1
+    assert summary["healthbench_score"]["value"] == S.clipped_mean([r["score"] for r in recs])
+    assert set(summary["heart_theme"]) <= {t.split(":")[1] for s in samples for t in s.tags if t.startswith("heart:")}
+    assert "HealthBench score" in markdown(summary, "t")
+
+
+def test_summary_by_hand(tmp_path):
+    """Two examples whose numbers are worked out by hand."""
+    recs = [{"id": "a", "tags": ["theme:x", "heart:hypertension"], "well_formed": True, "truncated": False,
+             "points": [5, 5, -5], "verdicts": [True, False, False],
+             "criterion_tags": [["axis:accuracy"], ["axis:completeness"], ["axis:accuracy"]], "score": 0.5},
+            {"id": "b", "tags": ["theme:x"], "well_formed": False, "truncated": True,
+             "points": [2, -1], "verdicts": [True, None], "criterion_tags": [["axis:accuracy"], []], "score": 1.0}]
+    s = summarize(recs, n_boot=200)
+    assert s["healthbench_score"]["value"] == 0.75 and s["pass_rate"]["value"] == 0.5
+    assert s["criteria"]["tp"] == 2 and s["criteria"]["fn"] == 1 and s["criteria"]["tn"] == 2
+    assert s["axis"] == {"accuracy": 1.0, "completeness": 0.0}  # accuracy: a 5/5, b 2/2; completeness: a 0/5
+    assert s["format_compliance"] == 0.5 and s["unknown_verdicts"] == 0.2
+    assert s["heart_theme"] == {"hypertension": {"n": 1, "score": 0.5}}
+    for k, v in enumerate(recs):
+        v["score"] = [0.6, 0.2][k]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    recs[0]["score"], recs[1]["score"] = 0.1, 0.9
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    out = compare([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], tmp_path / "cmp")
+    assert out["n_common"] == 2 and out["mcnemar_vs_first"][str(tmp_path / "b.jsonl")] == {
+        "n01": 1, "n10": 1, "p_value": 1.0}
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+
+
+def test_select_is_deterministic():
+    samples = load_samples(bundled_demo_path())
+    a, b = select(samples, n=10, seed=3), select(samples, n=10, seed=3)
+    assert [s.id for s in a] == [s.id for s in b] and len(a) == 10
+    assert [s.id for s in a] == sorted(s.id for s in a)  # file order kept
+    assert len(select(samples, heart_only=True)) == len(samples)
+
+
+def test_api_responder_with_fake_client():
+    from types import SimpleNamespace
+
+    async def create(**kw):
+        if "FAIL" in kw["messages"][-1]["content"]:
+            raise RuntimeError("boom")
+        msg = SimpleNamespace(content="<start_working_out>x<end_working_out><SOLUTION>call 911</SOLUTION>")
+        return SimpleNamespace(choices=[SimpleNamespace(message=msg, finish_reason="length")])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    samples = load_samples(bundled_demo_path())[:2]
+    bad = samples[1].__class__(samples[1].id, [{"role": "user", "content": "FAIL"}], samples[1].rubric)
+    out = asyncio.run(ApiResponder("m", client=client)([samples[0], bad], [0, 1]))
+    assert out == [("<start_working_out>x<end_working_out><SOLUTION>call 911</SOLUTION>", True), ("", False)]
