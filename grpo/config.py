@@ -41,6 +41,7 @@ class Config:
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
     min_p: float = field(default=0.0, metadata={"help": "min-p sampling threshold relative to the top token (0 = off)"})
+    rollout_batch: int = field(default=0, metadata={"help": "sequences decoded at once (0 = all); bounds the KV cache"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO: replace zero-variance groups with new prompts"})
     max_resample_rounds: int = field(default=3, metadata={"help": "dynamic sampling: extra rollout rounds per step, max"})
     # Reward
@@ -81,6 +82,7 @@ PRESETS: dict[str, dict] = {
     "qwen3-14b-rtx6000": dict(model="Qwen/Qwen3-14B", data="", lora_r=16, lora_alpha=32, lora_targets="all-linear",
                               num_generations=6, max_new_tokens=1024, lr=5e-6, warmup_ratio=0.1, schedule="linear",
                               temperature=1.0, min_p=0.1, grad_checkpointing=True, prompts_per_step=8, micro_batch=6,
+                              rollout_batch=24,
                               steps=500, beta=0.0, judge="openai", save_every=25, memory_budget_gb=96.0),
 }
 

@@ -96,11 +96,12 @@ def stop_token_ids(model, tokenizer) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_new_tokens: int = 256,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
-             seed: int = 0, seq_offset: int = 0, max_prompt_len: int | None = None) -> Rollouts:
+             seed: int = 0, seq_offset: int = 0, max_prompt_len: int | None = None, rollout_batch: int = 0) -> Rollouts:
     """Sample `num_generations` completions for each prompt (a list of chat messages).
 
     seed, seq_offset: sequence row r is sampled with noise keyed by (seed, seq_offset + r); pass the global index of the
     first row so the same sequence gets the same tokens on any rank or batch layout. temperature 0 = greedy.
+    rollout_batch: decode at most this many sequences at once (0 = all), bounding the KV cache; same samples either way.
     """
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
@@ -109,18 +110,35 @@ def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_n
     prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0).to(device)
     if max_prompt_len and prompt_ids.shape[1] > max_prompt_len:  # keep the end: the question is the last user turn
         prompt_ids, prompt_mask = prompt_ids[:, -max_prompt_len:], prompt_mask[:, -max_prompt_len:]
-    rows = prompt_ids.shape[0]
     eos, pad = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
-    seq_ids = torch.arange(seq_offset, seq_offset + rows, device=device)
+    rows, step = prompt_ids.shape[0], rollout_batch or prompt_ids.shape[0]
+    parts = [sample_tokens(model, prompt_ids[i:i + step], prompt_mask[i:i + step], eos=eos, pad=pad,
+                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                           min_p=min_p, seed=seed, seq_offset=seq_offset + i) for i in range(0, rows, step)]
+    T = max(p.shape[1] for p in parts)
+    completion_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=pad) for p in parts])  # (B*G, T)
+    completion_mask, truncated = completion_masks(completion_ids, eos)
+    decoded = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad).tolist(),
+                                     skip_special_tokens=True)
+    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, decoded, truncated, num_generations)
 
+
+@torch.no_grad()
+def sample_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, eos: torch.Tensor, pad: int,
+                  max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0, seed: int = 0, seq_offset: int = 0) -> torch.Tensor:
+    """The decode loop on token ids: prompt_ids/prompt_mask (S, P) left-padded → completion ids (S, T), pad after EOS.
+    Stops early when every row has produced a token in `eos` (pass an empty tensor to always decode max_new_tokens)."""
+    device, rows = prompt_ids.device, prompt_ids.shape[0]
+    seq_ids = torch.arange(seq_offset, seq_offset + rows, device=device)
     was_training = model.training
     model.eval()  # also turns gradient checkpointing off, so the KV cache is used
     mask = prompt_mask
-    position = (mask.cumsum(-1) - 1).clamp(min=0)                                       # (B*G, P) left-pad aware
+    position = (mask.cumsum(-1) - 1).clamp(min=0)                                       # (S, P) left-pad aware
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
     cache_kw = cache_argument(model)
-    cache, logits = getattr(out, cache_kw), out.logits[:, -1]                           # (B*G, V)
-    next_pos = position[:, -1:] + 1                                                      # (B*G, 1)
+    cache, logits = getattr(out, cache_kw), out.logits[:, -1]                           # (S, V)
+    next_pos = position[:, -1:] + 1                                                      # (S, 1)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens = []
     for t in range(max_new_tokens):
@@ -128,20 +146,15 @@ def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_n
             tok = logits.argmax(-1)
         else:
             logp = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-            tok = (logp + gumbel_noise(seed, seq_ids, t, logp.shape[-1])).argmax(-1)    # (B*G,)
+            tok = (logp + gumbel_noise(seed, seq_ids, t, logp.shape[-1])).argmax(-1)    # (S,)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         tokens.append(tok)
         done = done | torch.isin(tok, eos)
-        if t + 1 == max_new_tokens or bool(done.all()):  # host sync once per token: lets a batch stop early
+        if t + 1 == max_new_tokens or bool(done.all()):  # sync: one per token, lets a batch stop early
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # finished rows keep decoding pads; ignored
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
                     **{cache_kw: cache})
         cache, logits, next_pos = getattr(out, cache_kw), out.logits[:, -1], next_pos + 1
     model.train(was_training)
-
-    completion_ids = torch.stack(tokens, dim=1)                                          # (B*G, T)
-    completion_mask, truncated = completion_masks(completion_ids, eos)
-    decoded = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad).tolist(),
-                                     skip_special_tokens=True)
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, decoded, truncated, num_generations)
+    return torch.stack(tokens, dim=1)                                                    # (S, T)

@@ -66,8 +66,9 @@ def check_memory_plan(cfg, model, log) -> None:
     spec.loader.exec_module(memory)
     run = memory.RunShape(prompts_per_step=cfg.prompts_per_step, G=cfg.num_generations, prompt_len=cfg.max_prompt_len,
                           completion_len=cfg.max_new_tokens, micro_batch=cfg.micro_batch or cfg.num_generations,
+                          rollout_batch=cfg.rollout_batch,
                           lora_r=0 if cfg.full_finetune else cfg.lora_r, grad_checkpointing=cfg.grad_checkpointing,
-                          logprob_impl="naive" if cfg.logprob_impl == "reference" else "fused",
+                          logprob_impl="naive" if cfg.logprob_impl == "reference" else cfg.logprob_impl,
                           full_finetune=cfg.full_finetune)
     fits, message = memory.check(model.config, run, cfg.memory_budget_gb)
     log.write(("" if fits else "WARNING: planned peak exceeds the budget\n") + message)
@@ -136,7 +137,7 @@ def main(argv: list) -> None:
         roll = generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
-                        max_prompt_len=cfg.max_prompt_len)
+                        max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         t1 = time.perf_counter()
         items = [(s.prompt, roll.texts[b * G + g], s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
         verdicts = grade_sync(judge, items)

@@ -94,3 +94,14 @@ def test_generation_matches_a_full_forward(tiny):
     valid = roll.completion_mask.bool()
     torch.testing.assert_close(logp[valid], top[valid], rtol=0, atol=1e-4)
     assert math.isclose(float(logp[~valid].abs().sum()), 0.0)
+
+
+def test_chunked_rollout_draws_the_same_samples(tiny):
+    """rollout_batch bounds the KV cache without changing what is sampled."""
+    model, tok = tiny
+    prompts = [[{"role": "user", "content": "Do statins cause muscle pain?"}], [{"role": "user", "content": "What is AFib?"}]]
+    kw = dict(num_generations=3, max_new_tokens=10, seed=5)
+    whole = generate(model, tok, prompts, **kw)
+    chunked = generate(model, tok, prompts, **kw, rollout_batch=4)
+    assert whole.texts == chunked.texts
+    assert torch.equal(whole.completion_mask, chunked.completion_mask)
