@@ -106,3 +106,22 @@ def test_api_responder_with_fake_client():
     bad = samples[1].__class__(samples[1].id, [{"role": "user", "content": "FAIL"}], samples[1].rubric)
     out = asyncio.run(ApiResponder("m", client=client)([samples[0], bad], [0, 1]))
     assert out == [("<start_working_out>x<end_working_out><SOLUTION>call 911</SOLUTION>", True), ("", False)]
+
+
+def test_cli_writes_every_output(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from grpo.evaluate import main
+    from grpo.model import build_tiny
+    if make_judge is None:  # stand in for rewards.judge until it lands
+        monkeypatch.setitem(sys.modules, "rewards.judge", types.SimpleNamespace(make_judge=lambda name, **kw: WordJudge()))
+    model = build_tiny(str(tmp_path / "models"))
+    out = tmp_path / "eval"
+    args = ["--model", model, "--limit", "3", "--max-new-tokens", "8", "--out", str(out), "--bootstrap", "20",
+            "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["config"]["limit"] == 3
+    assert all((out / f).stat().st_size > 0 for f in ("results.jsonl", "summary.md", "scores.png", "themes.png"))
+    assert main(args) == 0 and len((out / "results.jsonl").read_text().splitlines()) == 3  # resumed: nothing redone

@@ -50,3 +50,21 @@ def test_order_independent_and_partitioned(order):
     assert ids("sft") | ids("grpo") | dropped == ids("train")
     assert [s.id for s in parts["train"]] == [s.id for s in samples if s.id in ids("train")]  # input order kept
     assert ids("test") == {s.id for s in split([_sample(i) for i in range(30)], val=0.2, test=0.2)["test"]}
+
+
+def test_build_cli(tmp_path):
+    import json
+
+    from data.build import main
+    from data.loaders import load_samples, write_samples
+    heart = [Sample(f"h{i}", [{"role": "user", "content": f"my blood pressure is 150/9{i}"}],
+                    Rubric([Criterion("c", 1.0)] * (3 + i % 3))) for i in range(40)]
+    other = [Sample(f"o{i}", [{"role": "user", "content": "knee clicks on stairs"}], Rubric([Criterion("c", 1.0)] * 5))
+             for i in range(10)]
+    write_samples(tmp_path / "in.jsonl", heart + other)
+    assert main(["--rar", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out"), "--val", "0.2"]) == 0
+    got = {k: load_samples(tmp_path / "out" / f"{k}.jsonl") for k in ("sft", "grpo", "val", "test")}
+    expected = split(load_samples(tmp_path / "in.jsonl")[:40], val=0.2)  # only the heart-related ones
+    assert {k: [s.id for s in v] for k, v in got.items()} == {k: [s.id for s in expected[k]] for k in got}
+    assert all(t == "heart:hypertension" for v in got.values() for s in v for t in s.tags)
+    assert json.loads((tmp_path / "out" / "build.json").read_text())["kept"] == 40
