@@ -127,7 +127,7 @@ def classify(text: str, threshold: float = THRESHOLD) -> HeartLabel:
     related = score >= threshold
     theme = max(by_theme, key=lambda t: by_theme[t]) if related else None  # dict order = first occurrence on ties
     terms = tuple(dict.fromkeys(s for _, s, _, _ in hits))
-    return HeartLabel(related, theme, terms, round(score, 6))
+    return HeartLabel(related, theme, terms, round(float(score), 6))
 
 
 def sample_text(sample) -> str:

@@ -42,7 +42,11 @@ def bootstrap(values: Sequence[float], stat=clipped_mean, *, n: int = 1000, seed
     if not values:
         return {"value": math.nan, "std": math.nan, "lo": math.nan, "hi": math.nan}
     rng = random.Random(seed)
-    stats = sorted(stat(rng.choices(values, k=len(values))) for _ in range(n))
+    draws = (stat(rng.choices(values, k=len(values))) for _ in range(n))
+    stats = sorted(s for s in draws if not math.isnan(s))  # e.g. precision of a resample with nothing predicted
+    if not stats:
+        return {"value": stat(values), "std": math.nan, "lo": math.nan, "hi": math.nan}
+    n = len(stats)
     mean = sum(stats) / n
     std = math.sqrt(sum((s - mean) ** 2 for s in stats) / (n - 1)) if n > 1 else 0.0
     lo, hi = stats[int(math.floor(alpha / 2 * (n - 1)))], stats[int(math.ceil((1 - alpha / 2) * (n - 1)))]

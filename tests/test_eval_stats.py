@@ -34,6 +34,8 @@ def test_bootstrap_against_numpy_reference():
     assert b["std"] == pytest.approx(np.std(values, ddof=1) / math.sqrt(len(values)), rel=0.1)  # std error of mean
     assert b["lo"] < b["value"] < b["hi"] and (b["hi"] - b["lo"]) == pytest.approx(2 * 1.96 * b["std"], rel=0.15)
     assert bootstrap(values, n=100, seed=3) == bootstrap(values, n=100, seed=3)
+    nan_some = bootstrap([0.0, 1.0], lambda v: 1.0 if 1.0 in v else math.nan, n=200)  # nan resamples are dropped
+    assert nan_some["lo"] == nan_some["hi"] == 1.0
     assert bootstrap([0.7] * 5)["std"] == pytest.approx(0.0, abs=1e-12) and math.isnan(bootstrap([])["value"])
 
 
