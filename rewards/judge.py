@@ -13,6 +13,7 @@ could not produce is None, never a silent False; the reward functions drop it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 from collections import Counter
@@ -28,17 +29,42 @@ STAT_KEYS = ("calls", "criteria", "unknown", "cache_hits", "duplicates", "errors
 
 
 class Judge:
-    """Base class. Subclasses implement `_grade`; `grade` counts verdicts, `grade_many` runs items concurrently
-    and grades identical (question, completion, rubric) items once — GRPO groups often repeat a completion."""
+    """Base class. Subclasses implement `_grade` (and `_rate`); `grade` counts verdicts, `grade_many` runs items
+    concurrently and grades identical (question, completion, rubric) items once — GRPO groups often repeat a
+    completion. `_open` / `_close` bracket each outermost call, so per-event-loop resources (an HTTP client, a
+    semaphore) are made and released on the loop that uses them."""
 
     def __init__(self):
         self._stats = Counter({k: 0 for k in STAT_KEYS})
+        self._depth = 0
+
+    async def _open(self) -> None:
+        pass
+
+    async def _close(self) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def _active(self):
+        self._depth += 1
+        try:
+            if self._depth == 1:
+                await self._open()
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                await self._close()
 
     async def _grade(self, question: list, completion: str, rubric: Rubric) -> list:
         raise NotImplementedError
 
+    async def _rate(self, question: list, completion: str, rubric: Rubric) -> float | None:
+        raise NotImplementedError(f"{type(self).__name__} has no rating mode; use OpenAIJudge for rar_implicit")
+
     async def grade(self, question: list[dict], completion: str, rubric: Rubric) -> list[bool | None]:
-        verdicts = list(await self._grade(question, completion, rubric))
+        async with self._active():
+            verdicts = list(await self._grade(question, completion, rubric))
         if len(verdicts) != len(rubric):
             raise RuntimeError(f"{type(self).__name__} returned {len(verdicts)} verdicts for {len(rubric)} criteria")
         self._stats["criteria"] += len(verdicts)
@@ -52,45 +78,44 @@ class Judge:
             first.setdefault(k, i)
         unique = list(first.values())
         self._stats["duplicates"] += len(items) - len(unique)
-        results = await asyncio.gather(*(self.grade(*items[i]) for i in unique))
+        async with self._active():
+            results = await asyncio.gather(*(self.grade(*items[i]) for i in unique))
         by_key = {keys[i]: r for i, r in zip(unique, results)}
         return [list(by_key[k]) for k in keys]
 
     async def rate(self, question: list[dict], completion: str, rubric: Rubric) -> float | None:
         """One 1–10 Likert rating of the whole response against the rubric (RaR implicit aggregation)."""
-        raise NotImplementedError(f"{type(self).__name__} has no rating mode; use OpenAIJudge for rar_implicit")
+        async with self._active():
+            return await self._rate(question, completion, rubric)
 
     async def rate_many(self, items: Sequence[Item]) -> list[float | None]:
-        return list(await asyncio.gather(*(self.rate(*it) for it in items)))
+        async with self._active():
+            return list(await asyncio.gather(*(self.rate(*it) for it in items)))
 
     def stats(self) -> dict[str, float]:
         """Cumulative counters, namespaced for the metrics line: judge/calls, judge/unknown, judge/cache_hits, ..."""
         return {f"judge/{k}": float(v) for k, v in sorted(self._stats.items())}
 
 
-def _run(judge: Judge, coro_fn):
-    """Run judge.<coro_fn>() to completion from sync code, on one event loop kept for the judge's lifetime (so the
-    HTTP connection pool survives between training steps); from inside a running loop (a notebook) it runs on a
-    helper thread, since a loop cannot be re-entered."""
-    runner = judge.__dict__.get("_runner")
-    if runner is None:
-        runner = judge.__dict__["_runner"] = asyncio.Runner()
+def _run(coro_fn):
+    """Run coro_fn() to completion from sync code; from inside a running loop (a notebook) it runs on a helper
+    thread with its own loop, since a running loop cannot be re-entered."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return runner.run(coro_fn())
+        return asyncio.run(coro_fn())
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: runner.run(coro_fn())).result()
+        return pool.submit(lambda: asyncio.run(coro_fn())).result()
 
 
 def grade_sync(judge: Judge, items: Sequence[Item]) -> list[list[bool | None]]:
     """judge.grade_many(items) from sync code (the training loop)."""
-    return _run(judge, lambda: judge.grade_many(items))
+    return _run(lambda: judge.grade_many(items))
 
 
 def rate_sync(judge: Judge, items: Sequence[Item]) -> list[float | None]:
     """judge.rate_many(items) from sync code: 1–10 ratings for rewards.functions.rar_implicit."""
-    return _run(judge, lambda: judge.rate_many(items))
+    return _run(lambda: judge.rate_many(items))
 
 
 # ---- the keyword judge ----

@@ -1,0 +1,165 @@
+"""A loopback OpenAI-compatible chat-completions server that grades like the keyword judge, with scripted faults.
+
+    python -c "from rewards.testing_server import LoopbackJudgeServer as S; s = S().start(); print(s.url); s.stop()"
+
+Used by tests/test_judge.py (fault tests through the real `openai` client) and bench/bench_judge.py (throughput).
+It reads the judge's own prompt format (rewards/judge_prompts.py): finds the response between the nonce markers,
+the rubric items after them, and answers each item with rewards.judge.keyword_verdict — so every correct verdict
+is known in advance. A request's identity is its system + user message, so a re-ask (the same two messages plus
+the bad reply and a correction) counts as another attempt of the same logical request.
+
+faults(key, attempt) -> name picks the reply for each attempt (None / "ok" = a correct answer):
+  "slow" sleep `slow_s` then answer (past the client's timeout) | "429" with Retry-After: `retry_after` seconds |
+  "500" with retry-after-ms: 10 | "500_backoff" without Retry-After (client's exponential backoff) |
+  "reset" TCP reset, no reply | "truncated_body" half of the HTTP body, then close |
+  "bad_json" truncated JSON content | "wrong_schema" valid JSON of the wrong shape | "prose" no JSON at all
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from rewards.judge import keyword_verdict
+
+_BLOCK = re.compile(r"<<<RESPONSE ([0-9a-f]{16})>>>\n(.*?)\n<<<END RESPONSE \1>>>\n", re.DOTALL)
+_ITEM = re.compile(r"^\[(\d+)\] \(([+-][0-9.e+-]+) points\) (.*)$", re.MULTILINE)
+
+
+def answer(messages: list[dict]) -> tuple[str, str]:
+    """(the correct reply text, the graded completion) for a judge prompt, by the keyword rule."""
+    system, user = messages[0]["content"], messages[1]["content"]
+    block = _BLOCK.search(user)
+    if block is None:
+        return "I cannot find the response.", ""
+    completion = block.group(2)
+    items = [(int(i), float(p), t) for i, p, t in _ITEM.findall(user[block.end():])]
+    verdicts = {i: bool(keyword_verdict(t, completion)) for i, _, t in items}
+    if '"rating"' in system:
+        pos = [i for i, p, _ in items if p > 0]
+        frac = sum(verdicts[i] for i in pos) / len(pos) if pos else 1.0
+        return json.dumps({"explanation": "keyword rating", "rating": 1 + round(9 * frac)}), completion
+    if '"criteria"' in system:
+        rows = [{"id": i, "explanation": "keywords", "criteria_met": verdicts[i]} for i, _, _ in items]
+        return json.dumps({"criteria": rows}), completion
+    return json.dumps({"explanation": "keywords", "criteria_met": verdicts[items[0][0]] if items else False}), completion
+
+
+class LoopbackJudgeServer:
+    """ThreadingHTTPServer on 127.0.0.1 (a free port); `url` is the base_url to hand the openai client.
+
+    Records: `attempts[key]` requests per logical request, `answered[key]` correct answers sent, `faults` served,
+    `max_in_flight`, `completions` (graded completion texts, in arrival order), `auth` (Authorization headers seen).
+    """
+
+    def __init__(self, latency: float = 0.0, faults=None, slow_s: float = 1.0, retry_after: float = 0.05):
+        self.latency, self.faults, self.slow_s, self.retry_after = latency, faults or (lambda key, attempt: None), slow_s, retry_after
+        self.attempts, self.answered, self.served = Counter(), Counter(), Counter()
+        self.arrivals: dict[str, list[float]] = {}
+        self.completions, self.auth = [], set()
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def start(self) -> "LoopbackJudgeServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real server
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict | None = None, cut: bool = False):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if cut else data)
+                if cut:
+                    self.close_connection = True
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                messages = body.get("messages", [])
+                key = hashlib.sha256(json.dumps(messages[:2]).encode()).hexdigest()
+                with server._lock:
+                    attempt = server.attempts[key]
+                    server.attempts[key] += 1
+                    server.arrivals.setdefault(key, []).append(time.monotonic())
+                    server.auth.add(self.headers.get("Authorization", ""))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._reply(key, attempt, messages, body.get("model", ""))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up on a slow reply
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _reply(self, key, attempt, messages, model):
+                fault = server.faults(key, attempt) or "ok"
+                if server.latency:
+                    time.sleep(server.latency)
+                with server._lock:
+                    server.served[fault] += 1
+                if fault == "reset":  # RST instead of FIN: the client sees a connection reset mid-request
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault == "429":
+                    return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
+                                      {"Retry-After": f"{server.retry_after:g}"})
+                if fault in ("500", "500_backoff"):
+                    return self._send(500, {"error": {"message": "boom", "type": "server_error"}},
+                                      {"retry-after-ms": "10"} if fault == "500" else {})
+                text, completion = answer(messages)
+                if fault == "slow":
+                    time.sleep(server.slow_s)
+                elif fault == "bad_json":
+                    text = text[: max(1, len(text) // 2)]
+                elif fault == "wrong_schema":
+                    text = json.dumps({"met": "yes", "criteria": "all"})
+                elif fault == "prose":
+                    text = "The response meets the criteria."
+                reply = {"id": "chatcmpl-loopback", "object": "chat.completion", "created": 0, "model": model,
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": text}}],
+                         "usage": {"prompt_tokens": sum(len(m.get("content", "")) for m in messages) // 4,
+                                   "completion_tokens": len(text) // 4,
+                                   "total_tokens": sum(len(m.get("content", "")) for m in messages) // 4 + len(text) // 4}}
+                self._send(200, reply, cut=fault == "truncated_body")
+                if fault == "ok":
+                    with server._lock:
+                        server.answered[key] += 1
+                        server.completions.append(completion)
+
+        return Handler
