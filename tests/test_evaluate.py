@@ -32,11 +32,15 @@ def _judge():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from grpo.evaluate import PolicyResponder
+def tiny_path():
     from grpo.model import build_tiny
-    path = build_tiny(str(tmp_path_factory.mktemp("models")))
-    return PolicyResponder(path, max_new_tokens=12, temperature=1.0, seed=0)
+    return build_tiny()  # the shared cache (GRPO_CACHE): built once for the whole suite
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    from grpo.evaluate import PolicyResponder
+    return PolicyResponder(tiny_path, max_new_tokens=12, temperature=1.0, seed=0)
 
 
 def test_end_to_end_tiny_with_resume(tiny, tmp_path):
@@ -108,15 +112,14 @@ def test_api_responder_with_fake_client():
     assert out == [("<start_working_out>x<end_working_out><SOLUTION>call 911</SOLUTION>", True), ("", False)]
 
 
-def test_cli_writes_every_output(tmp_path, monkeypatch):
+def test_cli_writes_every_output(tiny_path, tmp_path, monkeypatch):
     import sys
     import types
 
     from grpo.evaluate import main
-    from grpo.model import build_tiny
     if make_judge is None:  # stand in for rewards.judge until it lands
         monkeypatch.setitem(sys.modules, "rewards.judge", types.SimpleNamespace(make_judge=lambda name, **kw: WordJudge()))
-    model = build_tiny(str(tmp_path / "models"))
+    model = tiny_path
     out = tmp_path / "eval"
     args = ["--model", model, "--limit", "3", "--max-new-tokens", "8", "--out", str(out), "--bootstrap", "20",
             "--no-progress"]
