@@ -266,6 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--judge", default="keyword", help="keyword | openai | local (rewards.judge.make_judge)")
     ap.add_argument("--judge-model", default=None, help="judge model name (openai / local judges)")
     ap.add_argument("--judge-base-url", default=None, help="judge endpoint (openai judge)")
+    ap.add_argument("--judge-mode", default="per_criterion", help="openai judge: per_criterion | per_completion")
     ap.add_argument("--compare", nargs="+", default=None, help="result dirs/files to compare instead of evaluating")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--no-progress", action="store_true")
@@ -290,6 +291,8 @@ def main(argv=None) -> int:
                                     temperature=args.temperature, seed=args.seed)
     from rewards.judge import make_judge
     judge_kw = {k: v for k, v in (("model", args.judge_model), ("base_url", args.judge_base_url)) if v}
+    if args.judge == "openai":  # one request per criterion, as HealthBench's grader does
+        judge_kw |= {"mode": args.judge_mode, "concurrency": args.concurrency}
     judge = make_judge(args.judge, **judge_kw)
     records = asyncio.run(run(samples, responder, judge, args.out, batch_size=args.batch_size,
                               progress=not args.no_progress))
