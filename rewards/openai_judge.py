@@ -115,7 +115,7 @@ class OpenAIJudge(Judge):
     async def _grade(self, question: list, completion: str, rubric: Rubric) -> list:
         labels = [f"({c.points:+g}) {c.text}" for c in rubric]
         keys = self._keys(question, completion, labels, self.mode)
-        cached = self.cache.get_many(keys) if self.cache else {}
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
         verdicts = [bool(cached[k]) if k in cached else None for k in keys]
         self._stats["cache_hits"] += len(cached)
         todo = [i for i, k in enumerate(keys) if k not in cached]
@@ -133,7 +133,7 @@ class OpenAIJudge(Judge):
                                   lambda text: P.parse_completion(text, ids))
             for i in todo:
                 verdicts[i] = got[i + 1] if got else None
-        if self.cache:
+        if self.cache is not None:
             self.cache.put_many({keys[i]: float(verdicts[i]) for i in todo if verdicts[i] is not None})
         return verdicts
 
@@ -141,13 +141,13 @@ class OpenAIJudge(Judge):
         """1–10 Likert rating of the whole response against the rubric; None when the judge gives no valid one."""
         items = [(i + 1, c.points, c.text) for i, c in enumerate(rubric)]
         key = self._keys(question, completion, ["\n".join(f"({p:+g}) {t}" for _, p, t in items)], "rating")[0]
-        cached = self.cache.get_many([key]) if self.cache else {}
+        cached = self.cache.get_many([key]) if self.cache is not None else {}
         if key in cached:
             self._stats["cache_hits"] += 1
             return cached[key]
         rating = await self._ask(P.grading_messages(question, completion, items, "rating"), P.parse_rating)
         if rating is None:
             self._stats["unknown"] += 1
-        elif self.cache:
+        elif self.cache is not None:
             self.cache.put_many({key: rating})
         return rating

@@ -11,7 +11,7 @@ the bad reply and a correction) counts as another attempt of the same logical re
 faults(key, attempt) -> name picks the reply for each attempt (None / "ok" = a correct answer):
   "slow" sleep `slow_s` then answer (past the client's timeout) | "429" with Retry-After: `retry_after` seconds |
   "500" with retry-after-ms: 10 | "500_backoff" without Retry-After (client's exponential backoff) |
-  "reset" TCP reset, no reply | "truncated_body" half of the HTTP body, then close |
+  "401" auth error | "reset" TCP reset, no reply | "truncated_body" half of the HTTP body, then close |
   "bad_json" truncated JSON content | "wrong_schema" valid JSON of the wrong shape | "prose" no JSON at all
 """
 from __future__ import annotations
@@ -138,6 +138,8 @@ class LoopbackJudgeServer:
                 if fault == "429":
                     return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
                                       {"Retry-After": f"{server.retry_after:g}"})
+                if fault == "401":
+                    return self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
                 if fault in ("500", "500_backoff"):
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}},
                                       {"retry-after-ms": "10"} if fault == "500" else {})
