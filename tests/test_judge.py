@@ -3,11 +3,19 @@
     python -m pytest tests/test_judge.py
 """
 import asyncio
+import hashlib
+import logging
+import math
+import time
 
 import pytest
 
 from rewards import Criterion, Rubric
-from rewards.judge import KeywordJudge, grade_sync, keyword_verdict, keywords, make_judge
+from rewards.functions import rar_implicit
+from rewards.judge import KeywordJudge, grade_sync, keyword_verdict, keywords, make_judge, rate_sync
+from rewards.judge_prompts import parse_completion, parse_criterion, parse_rating
+from rewards.openai_judge import JudgeConfigError, OpenAIJudge
+from rewards.testing_server import LoopbackJudgeServer
 
 Q = [{"role": "user", "content": "I have crushing chest pain. What should I do?"}]
 
@@ -87,16 +95,6 @@ def test_keyword_judge_on_bundled_demo():
 
 
 # ---- the OpenAI judge through a loopback chat-completions server and the real openai client ----
-import hashlib  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-
-from rewards.functions import rar_implicit  # noqa: E402
-from rewards.judge import rate_sync  # noqa: E402
-from rewards.judge_prompts import parse_completion, parse_criterion, parse_rating  # noqa: E402
-from rewards.openai_judge import JudgeConfigError, OpenAIJudge  # noqa: E402
-from rewards.testing_server import LoopbackJudgeServer  # noqa: E402
-
 RUBRIC = Rubric([Criterion("Mentions possible heart attack", 5), Criterion("Advises calling emergency services", 10),
                  Criterion("Mentions aspirin", 3), Criterion("Suggests waiting for pain to pass", -8)])
 ANSWERS = ["Could be a heart attack: call emergency services now.", "Take aspirin and wait for the pain to pass.",
@@ -306,3 +304,98 @@ def test_parse_completion(text, want):
                                        ('{"rating": true}', None)])
 def test_parse_rating(text, want):
     assert parse_rating(text) == want
+
+
+# ---- the local judge: a tiny random Qwen3 and a word-level tokenizer built here ----
+@pytest.fixture(scope="module")
+def tiny_lm():
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    from rewards.judge_prompts import SYSTEM
+    from rewards.local_judge import ASK
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [SYSTEM["per_criterion"], ASK, "yes no Answer user assistant system"] + ANSWERS + [c.text for c in RUBRIC]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048,
+                      tie_word_embeddings=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a hidden-32 model: threads only add sync overhead (0.5 s vs 5 ms a forward on CI)
+    yield Qwen3ForCausalLM(cfg).eval(), tokenizer
+    torch.set_num_threads(threads)
+
+
+def reference_probs(model, tokenizer, judge, items):
+    """Unpadded, one sequence at a time: the two logits at the last position, compared by hand."""
+    import torch
+    out = []
+    with torch.no_grad():
+        for q, c, rubric in items:
+            row = []
+            for crit in rubric:
+                ids = torch.tensor([tokenizer.encode(judge.prompt(q, c, crit), add_special_tokens=False)])
+                logits = model(input_ids=ids).logits[0, -1].double()
+                y, n = logits[judge.yes_id].item(), logits[judge.no_id].item()
+                row.append((y > n, 1 / (1 + math.exp(n - y))))
+            out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("template", [None, "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                                             "{% if add_generation_prompt %}assistant:{% endif %}"])
+def test_local_judge_matches_independent_logits(tiny_lm, template):
+    from rewards.local_judge import LocalJudge
+    model, tokenizer = tiny_lm
+    tokenizer.chat_template = template
+    judge = LocalJudge(model, tokenizer, batch_size=3)  # 3 does not divide 12: ragged last batch, mixed lengths
+    items = [(Q, a, RUBRIC) for a in ANSWERS[:3]]
+    got = grade_sync(judge, items)
+    ref = reference_probs(model, tokenizer, judge, items)
+    for row_v, row_p, row_ref in zip(got, judge.last_probs, ref):
+        for v, p, (rv, rp) in zip(row_v, row_p, row_ref):
+            assert abs(p - rp) < 1e-5
+            if abs(rp - 0.5) > 1e-5:
+                assert v == rv
+    assert judge.stats()["judge/calls"] == 4 and judge.stats()["judge/criteria"] == 12  # ceil(12 / 3) forwards
+    tokenizer.chat_template = None
+
+
+def test_local_judge_grades_with_the_lora_adapter_off(tiny_lm):
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from rewards.local_judge import LocalJudge
+    base, tokenizer = tiny_lm
+    torch.manual_seed(1)
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                                                init_lora_weights=False))
+    peft_model.train()
+    items = [(Q, a, RUBRIC) for a in ANSWERS[:2]]
+    judge = LocalJudge(peft_model, tokenizer)
+    grade_sync(judge, items)
+    assert peft_model.training  # the caller's mode is restored
+    with peft_model.disable_adapter():
+        ref_off = reference_probs(peft_model.eval(), tokenizer, judge, items)
+    ref_on = reference_probs(peft_model.eval(), tokenizer, judge, items)
+    got = [p for row in judge.last_probs for p in row]
+    off = [p for row in ref_off for _, p in row]
+    on = [p for row in ref_on for _, p in row]
+    assert max(abs(a - b) for a, b in zip(got, off)) < 1e-5
+    assert max(abs(a - b) for a, b in zip(got, on)) > 1e-3  # the adapter really changes the answer
+    judge_on = LocalJudge(peft_model, tokenizer, disable_adapter=False)
+    grade_sync(judge_on, items)
+    assert max(abs(a - b) for a, b in zip([p for row in judge_on.last_probs for p in row], on)) < 1e-5
+
+
+def test_local_judge_needs_single_token_answers(tiny_lm):
+    from rewards.local_judge import LocalJudge
+    model, tokenizer = tiny_lm
+    with pytest.raises(ValueError, match="single token"):
+        LocalJudge(model, tokenizer, answer_words=("yes", "no no"))
