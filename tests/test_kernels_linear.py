@@ -7,7 +7,12 @@ TRITON_INTERPRET=1 subprocess (test_triton_cases_in_interpreter). Inputs are bf1
 sees the same values in fp64, so the only error measured is the kernel's own. Outputs are NaN-poisoned first.
 """
 import importlib
+import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,3 +160,18 @@ def test_argument_errors():
 @pytest.mark.skipif(not kernels.HAS_TRITON or TRITON_HERE, reason="triton missing, or its cases already ran here")
 def test_triton_cases_in_interpreter():
     run_interpreted(__file__)
+
+
+def test_bench_script_runs_on_cpu():
+    """bench/bench_kernels.py at a tiny shape: table, then a JSON last line whose numbers are sane."""
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+    r = subprocess.run([sys.executable, str(script), "--n", "37", "--h", "32", "--v", "1000", "--reps", "1"],
+                       capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert any(line.startswith("linear N=37") for line in lines)
+    result = json.loads(lines[-1])
+    for kind in ("linear", "selective"):
+        rows = {row["method"]: row for row in result[kind]["37"]}
+        ours = rows["ours: chunked torch path"]
+        assert ours["ratio_err"] <= 2e-3 and ours["fwd_ms"] > 0 and ours["fwd+bwd_ms"] > 0
