@@ -23,6 +23,7 @@ Timing: on CUDA every phase boundary synchronizes, so a phase's time is its devi
 torch.cuda.max_memory_allocated, reset at each phase start (what the planner predicts; excludes the CUDA context and
 allocator cache). On CPU, RSS never goes down, so the peaks come from one extra, untimed step under torch.profiler's
 allocation trace: resident tensors (weights, AdamW states) + the running sum of allocations inside each phase.
+On a busy CPU box, OMP_NUM_THREADS=1 keeps OpenMP spin-waiting out of the tiny shape's numbers.
 MFU counts model FLOPs (2·params·tokens forward + attention; backward 2× forward with full fine-tuning, 1× with LoRA
 since frozen weights need no weight gradient), not the recompute of gradient checkpointing, over the step minus judging.
 """
