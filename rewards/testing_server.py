@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible chat-completions server that grades like the keyword judge, with scripted faults.
 
-    python -c "from rewards.testing_server import LoopbackJudgeServer as S; s = S().start(); print(s.url); s.stop()"
+    python -m rewards.testing_server --latency 0.2          # serve in the foreground; prints the base URL
 
 Used by tests/test_judge.py (fault tests through the real `openai` client) and bench/bench_judge.py (throughput).
 It reads the judge's own prompt format (rewards/judge_prompts.py): finds the response between the nonce markers,
@@ -51,6 +51,11 @@ def answer(messages: list[dict]) -> tuple[str, str]:
     return json.dumps({"explanation": "keywords", "criteria_met": verdicts[items[0][0]] if items else False}), completion
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default listen backlog (5) drops connects when 64 clients open at once
+
+
 class LoopbackJudgeServer:
     """ThreadingHTTPServer on 127.0.0.1 (a free port); `url` is the base_url to hand the openai client.
 
@@ -65,8 +70,7 @@ class LoopbackJudgeServer:
         self.completions, self.auth = [], set()
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
@@ -89,6 +93,7 @@ class LoopbackJudgeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like a real server
+            disable_nagle_algorithm = True  # headers and body go out in two writes: Nagle + delayed ACK adds 40 ms
 
             def log_message(self, *args):  # quiet
                 pass
@@ -104,6 +109,14 @@ class LoopbackJudgeServer:
                 self.wfile.write(data[: len(data) // 2] if cut else data)
                 if cut:
                     self.close_connection = True
+
+            def do_GET(self):  # /stats: counters for a server running in another process (the bench)
+                with server._lock:
+                    stats = {"requests": sum(server.attempts.values()), "max_in_flight": server.max_in_flight,
+                             "served": dict(server.served)}
+                    if self.path.endswith("reset=1"):
+                        server.max_in_flight = 0
+                self._send(200, stats)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -165,3 +178,19 @@ class LoopbackJudgeServer:
                         server.completions.append(completion)
 
         return Handler
+
+
+def main() -> None:
+    """Serve in the foreground (the bench runs it in its own process, so server threads do not compete with the
+    judge for the GIL); prints the base URL on the first line."""
+    import argparse
+    ap = argparse.ArgumentParser(description="loopback OpenAI-compatible judge server")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    args = ap.parse_args()
+    server = LoopbackJudgeServer(latency=args.latency)
+    print(server.url, flush=True)
+    server._httpd.serve_forever(0.05)
+
+
+if __name__ == "__main__":
+    main()
