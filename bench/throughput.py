@@ -116,7 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for k, v in DEFAULTS.get(a.shape if not a.model else "", PAPER).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    a.micro_batch = a.micro_batch or a.prompts * a.G
+    S = a.prompts * a.G  # 0 = all; never more than the step has (the paper's 24 with a smaller --prompts/--G)
+    a.micro_batch, a.rollout_batch = min(a.micro_batch or S, S), min(a.rollout_batch or S, S)
     if a.prompt_len < 2 or a.completion_len < 2:
         ap.error("--prompt-len and --completion-len must be >= 2 (a prefill and at least one decode step)")
     return a
@@ -547,12 +548,15 @@ def main(argv=None) -> dict:
     png = out / "throughput.png"
     plot(results, png)
     print(f"wrote {png}")
-    if a.kernels:
+    kernel_result = None
+    if a.kernels:  # the log-prob kernels alone, at this model's head and one micro-batch of completion tokens
         kb = load_by_path("bench_kernels")
         if kb is None or not hasattr(kb, "run"):
             print("--kernels: bench/bench_kernels.py with a run() function not found; skipped")
         else:
-            kb.run()
+            kernel_result = kb.run(ns=[a.micro_batch * a.completion_len], H=cfg.hidden_size, V=V, device=str(device),
+                                   dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"))
+            kb.print_tables(kernel_result)
     if a.compare:
         f, ref = results
         lp = lambda r: sum(r["time_s"][k] for k in ("old_logp", "ref_logp", "policy_fwd", "policy_bwd"))  # noqa: E731
@@ -562,6 +566,8 @@ def main(argv=None) -> dict:
         final = {"compare": {r["config"]["logprob_impl"]: r for r in results}, "png": str(png)}
     else:
         final = dict(results[0], png=str(png))
+    if kernel_result is not None:
+        final["kernels"] = kernel_result
     print(json.dumps(final))
     return final
 
