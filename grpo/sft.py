@@ -6,7 +6,7 @@
 
 The target is `format_target(reasoning, reference)`: the reasoning trace (from `data.augment`, a JSONL of
 {"id", "reasoning"}; empty when absent) between <start_working_out> tags, the reference answer between <SOLUTION> tags,
-then EOS. The loss is the mean negative log-likelihood of target tokens, through the same `completion_logprobs` as GRPO.
+then EOS. A sample's own `reasoning` (the paper's `synthetic_reasoning` field) is used when no trace file covers it. The loss is the mean negative log-likelihood of target tokens, through the same `completion_logprobs` as GRPO.
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def main(argv: list) -> None:
     bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0)
     for step in bar:
         idx = [order[(step * cfg.batch_size + rank * per_rank + j) % len(samples)] for j in range(per_rank)]
-        pairs = [encode(tok, to_messages(samples[i]), format_target(traces.get(samples[i].id, ""), samples[i].reference),
+        pairs = [encode(tok, to_messages(samples[i]), format_target(traces.get(samples[i].id, samples[i].reasoning or ""),
+                                                                 samples[i].reference),
                         cfg.max_len) for i in idx]
         ids, attn, cmask = (x.to(device) for x in collate(pairs, tok.pad_token_id))
         logp = completion_logprobs(model, ids, attn, cmask)                           # (S, T)
