@@ -133,7 +133,7 @@ def test_200_calls_under_faults_stay_within_concurrency_limit():
     plan = {0: "429", 1: "500", 2: "bad_json"}
     faults = lambda key, attempt: plan.get(by_hash(key, 5)) if attempt == 0 else None  # noqa: E731
     answers = [f"{ANSWERS[i % 4]} (case {i})" for i in range(50)]
-    with LoopbackJudgeServer(latency=0.02, faults=faults, retry_after=0.05) as server:
+    with LoopbackJudgeServer(latency=0.1, faults=faults, retry_after=0.05) as server:
         judge = judge_for(server, mode="per_criterion", concurrency=16)
         t0 = time.monotonic()
         got = grade_sync(judge, [(Q, a, RUBRIC) for a in answers])
