@@ -34,7 +34,7 @@ if HAS_TRITON:
 # torch path: a (rows, vocab) chunk of fp32 logits is at most 4M elements = 16 MB.
 _CHUNK_ROWS, _CHUNK_VOCAB = 512, 8192
 # Triton backward: the dz buffer of one row chunk (rows × V in the weight dtype) stays under this many bytes.
-_DZ_CHUNK_BYTES = 512 << 20
+_DZ_CHUNK_BYTES = 256 << 20  # 832 rows at V = 151,936 bf16: still a large cuBLAS matmul
 
 
 def _config(dtype: torch.dtype, capability: int) -> dict:
@@ -158,7 +158,7 @@ def _triton_fwd(hidden, weight, targets, temperature, with_entropy):
     _linear_logprobs_fwd_kernel[(n_blocks, split)](
         hidden, weight, targets, parts[0], parts[1], parts[2], parts[3], N, V, H, hidden.stride(0),
         weight.stride(0), 1.0 / temperature, tiles_per_split, WITH_ENTROPY=with_entropy,
-        **_dot_args(hidden.dtype), **cfg)
+        **_dot_args(hidden.dtype), **cfg, enable_fp_fusion=True)
     pm, ps, pt, pxt = parts
     m = pm.amax(0)                                                                     # (N,)
     alpha = torch.exp(pm - m)                                                          # (SPLIT, N), no slice is empty
@@ -186,7 +186,7 @@ def _triton_bwd(hidden, weight, targets, m, logs, grad, temperature, need_dw):
         _linear_logprobs_bwd_kernel[grid](h, weight, targets[r0:r0 + n], grad[r0:r0 + n], m[r0:r0 + n],
                                           logs[r0:r0 + n], dz, n, V, H, h.stride(0), weight.stride(0),
                                           dz.stride(0), 1.0 / temperature,
-                                          **_dot_args(hidden.dtype), **cfg)
+                                          **_dot_args(hidden.dtype), **cfg, enable_fp_fusion=True)
         torch.matmul(dz[:n], weight, out=dh[r0:r0 + n])                                # (n, H)
         if need_dw:
             dw += dz[:n].t() @ h                                                       # (V, H), rounded once per chunk

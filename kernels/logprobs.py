@@ -85,7 +85,7 @@ def _triton_fwd(logits, targets, temperature, with_entropy):
     grid = (triton.cdiv(N, _BLOCK_N),)
     _selective_logprobs_fwd_kernel[grid](logits, logits.stride(0), targets, logp, m, logs, ent, N, V,
                                          1.0 / temperature, WITH_ENTROPY=with_entropy, BLOCK_N=_BLOCK_N,
-                                         BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS)
+                                         BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS, enable_fp_fusion=True)
     return logp, m, logs, (ent if with_entropy else None)
 
 
@@ -94,7 +94,7 @@ def _triton_bwd(logits, targets, m, logs, grad, temperature, dlogits):
     grid = (triton.cdiv(N, _BLOCK_N),)
     _selective_logprobs_bwd_kernel[grid](logits, logits.stride(0), dlogits, dlogits.stride(0), targets, grad, m, logs,
                                          N, V, 1.0 / temperature, BLOCK_N=_BLOCK_N, BLOCK_V=_BLOCK_V,
-                                         num_warps=_NUM_WARPS)
+                                         num_warps=_NUM_WARPS, enable_fp_fusion=True)
 
 
 # ------------------------------------------------------------------------------------------- chunked torch path

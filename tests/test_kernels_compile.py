@@ -54,7 +54,8 @@ def compile_kernel(fn, dtype, constexprs, num_warps, num_stages, cap):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", cap, 32), options=dict(num_warps=num_warps,
-                                                                              num_stages=num_stages))
+                                                                              num_stages=num_stages,
+                                                                              enable_fp_fusion=True))
 
 
 def cuobjdump(kernel, flag, tmp_path):
