@@ -45,7 +45,7 @@ class Config:
     dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO: replace zero-variance groups with new prompts"})
     max_resample_rounds: int = field(default=3, metadata={"help": "dynamic sampling: extra rollout rounds per step, max"})
     # Reward
-    reward: str = field(default="hybrid", metadata={"help": "reward function in rewards.REWARDS"})
+    reward: str = field(default="hybrid", metadata={"help": "hybrid | complexity | rar_explicit | healthbench | rar_implicit"})
     log_rewards: str = field(default="healthbench", metadata={"help": "extra rewards logged (not trained on), comma list"})
     judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local"})
     judge_model: str = field(default="", metadata={"help": "judge model name (openai judge)"})
@@ -145,8 +145,12 @@ def validate(cfg: Config) -> None:
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss} unknown; choose one of {sorted(LOSSES)}")
     for name in [cfg.reward] + [r for r in cfg.log_rewards.split(",") if r]:
-        if name not in REWARDS:
-            raise ValueError(f"reward {name!r} unknown; choose from {sorted(REWARDS)}")
+        if name not in REWARDS and name != "rar_implicit":
+            raise ValueError(f"reward {name!r} unknown; choose from {sorted(REWARDS) + ['rar_implicit']}")
+    if cfg.judge not in ("keyword", "openai", "local"):
+        raise ValueError(f"--judge={cfg.judge} must be keyword | openai | local")
+    if "rar_implicit" in (cfg.reward, *cfg.log_rewards.split(",")) and cfg.judge != "openai":
+        raise ValueError("rar_implicit needs a rating judge: use --judge=openai")
     if cfg.adv_scale not in ("group", "batch", "none"):
         raise ValueError(f"--adv_scale={cfg.adv_scale} must be group | batch | none")
     if cfg.num_generations < 2:

@@ -41,7 +41,8 @@ from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import Reference, add_lora, default_dtype, load_model
 from grpo.rollout import generate
 from rewards import REWARDS
-from rewards.judge import grade_sync, make_judge
+from rewards.functions import rar_implicit
+from rewards.judge import grade_sync, make_judge, rate_sync
 
 
 def lr_lambda(cfg, total_updates: int):
@@ -97,11 +98,12 @@ def main(argv: list) -> None:
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = Reference(model, keep_copy=cfg.beta > 0 and cfg.full_finetune)  # taken before any update or resume
-    judge = make_judge(cfg.judge, **({} if cfg.judge != "openai" else dict(
-        model=cfg.judge_model, base_url=cfg.judge_base_url or None, mode=cfg.judge_mode,
-        concurrency=cfg.judge_concurrency, cache_path=str(out / "judge_cache.sqlite"))))
-    if cfg.judge == "local":
-        judge = make_judge("local", model=model, tokenizer=tokenizer)  # the policy's own frozen base weights
+    judge = make_judge(cfg.judge, **{
+        "keyword": {},
+        "local": dict(model=model, tokenizer=tokenizer),  # the policy's own base weights, adapter switched off
+        "openai": dict(model=cfg.judge_model, base_url=cfg.judge_base_url or None, mode=cfg.judge_mode,
+                       concurrency=cfg.judge_concurrency, cache_path=str(out / "judge_cache.sqlite")),
+    }.get(cfg.judge, {}))
     reward_names = [cfg.reward] + [r for r in cfg.log_rewards.split(",") if r and r != cfg.reward]
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -140,11 +142,15 @@ def main(argv: list) -> None:
                         max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         t1 = time.perf_counter()
         items = [(s.prompt, roll.texts[b * G + g], s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
-        verdicts = grade_sync(judge, items)
+        verdicts = grade_sync(judge, items) if any(n != "rar_implicit" for n in reward_names) else None
+        ratings = rate_sync(judge, items) if "rar_implicit" in reward_names else None  # one Likert call per sample
         t2 = time.perf_counter()
-        scores = {name: torch.tensor([float("nan") if (r := REWARDS[name](rub, met)) is None else r
-                                      for (_, _, rub), met in zip(items, verdicts)], dtype=torch.float32).view(len(picked), G)
-                  for name in reward_names}
+
+        def score(name):  # (B_r, G) float32, NaN where the reward is None (judge could not tell)
+            vals = ([rar_implicit(r) for r in ratings] if name == "rar_implicit" else
+                    [REWARDS[name](rub, met) for (_, _, rub), met in zip(items, verdicts)])
+            return torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float32).view(-1, G)
+        scores = {name: score(name) for name in reward_names}
         well_formed = torch.tensor([parse(t).well_formed for t in roll.texts], dtype=torch.float32)
         return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item()}
 
