@@ -197,8 +197,9 @@ def run(ns=None, H=None, V=None, dtype="bf16", device=None, reps=None, selective
 
 def print_tables(result):
     c = result["ceilings"]
-    print(f"# {result['device']}  {result['date']}  {result['dtype']}  H={result['H']} V={result['V']}  "
-          f"ceilings: matmul {c['matmul_tflops'] or float('nan'):.0f} TFLOP/s, copy {c['copy_gbs'] or float('nan'):.0f} GB/s")
+    nan = float("nan")
+    print(f"# {result['device']}  {result['date']}  {result['dtype']}  H={result['H']} V={result['V']}  ceilings: "
+          f"matmul {c['matmul_tflops'] or nan:.0f} TFLOP/s, copy {c['copy_gbs'] or nan:.0f} GB/s")
     for kind, unit in (("linear", "tflops"), ("selective", "gbs")):
         for N, rows in result[kind].items():
             print(f"\n{kind} N={N}")

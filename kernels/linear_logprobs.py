@@ -108,7 +108,7 @@ if HAS_TRITON:
                                      N, V, H, stride_h, stride_w, stride_dz, inv_temp,
                                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                                      PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-        # dz = g/T · (onehot − softmax(x)), x recomputed on chip; softmax = exp((x − m) − log s) from the forward.
+        # dz = g/T · (onehot − softmax(x)), x recomputed on chip; softmax = exp((x − m) − log s), saved by forward
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
         row_ok = rows < N
@@ -276,7 +276,8 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError(f"expected hidden (N, H), weight (V, H), targets (N,), got {tuple(hidden.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(targets.shape)}")
     if hidden.dtype != weight.dtype:
-        raise TypeError(f"hidden is {hidden.dtype} but weight is {weight.dtype}: cast one (e.g. hidden.to(weight.dtype))")
+        raise TypeError(f"hidden is {hidden.dtype} but weight is {weight.dtype}: cast one "
+                        f"(e.g. hidden.to(weight.dtype))")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     impl = pick_impl(impl, hidden)

@@ -77,7 +77,8 @@ def linear_cases(cap):
         blocks = {k: cfg[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H")}
         dot = lin._dot_args(dtype)
         for entropy in (False, True):
-            yield "linear_fwd", lin._linear_logprobs_fwd_kernel, dtype, dict(WITH_ENTROPY=entropy, **blocks, **dot), cfg, cap
+            yield ("linear_fwd", lin._linear_logprobs_fwd_kernel, dtype, dict(WITH_ENTROPY=entropy, **blocks, **dot),
+                   cfg, cap)
         yield "linear_bwd", lin._linear_logprobs_bwd_kernel, dtype, dict(**blocks, **dot), cfg, cap
 
 
@@ -86,7 +87,8 @@ def selective_cases(cap):
     cfg = dict(num_warps=sel._NUM_WARPS, num_stages=3)
     for dtype in (torch.bfloat16, torch.float32):
         for entropy in (False, True):
-            yield "selective_fwd", sel._selective_logprobs_fwd_kernel, dtype, dict(WITH_ENTROPY=entropy, **blocks), cfg, cap
+            yield ("selective_fwd", sel._selective_logprobs_fwd_kernel, dtype, dict(WITH_ENTROPY=entropy, **blocks),
+                   cfg, cap)
         yield "selective_bwd", sel._selective_logprobs_bwd_kernel, dtype, blocks, cfg, cap
 
 
