@@ -40,12 +40,22 @@ def test_demo_reward_rises(tmp_path):
         assert key in rows[0], key
 
 
-def test_resume_is_bit_exact(tmp_path):
-    """3 steps + resume + 3 steps == 6 straight steps: same weights, optimizer state and metrics, bit for bit."""
-    common = SMALL + ["--beta=0.05", "--full_finetune=false", "--lr=5e-3", "--save_every=3"]
-    main(common + ["--steps=6", f"--out={tmp_path / 'straight'}"])
-    main(common + ["--steps=3", f"--out={tmp_path / 'split'}"])
-    main(common + ["--steps=6", f"--out={tmp_path / 'split'}", "--resume=auto"])
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    """A 6-step run killed right after its step-3 checkpoint, then resumed, equals 6 straight steps: same weights,
+    optimizer state and metrics, bit for bit."""
+    common = SMALL + ["--beta=0.05", "--full_finetune=false", "--lr=5e-3", "--save_every=3", "--steps=6"]
+    main(common + [f"--out={tmp_path / 'straight'}"])
+    real_save = checkpoint.save
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        real_save(run_dir, step, *args, **kwargs)
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill after the step-3 checkpoint")
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main(common + [f"--out={tmp_path / 'split'}"])
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    main(common + [f"--out={tmp_path / 'split'}", "--resume=auto"])
     a, b = checkpoint.latest(tmp_path / "straight"), checkpoint.latest(tmp_path / "split")
     assert a.name == b.name == "step-000006"
     wa, wb = _weights(a), _weights(b)
@@ -129,16 +139,19 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_adapter_loads_with_peft(tmp_path):
-    """The saved adapter is a PEFT adapter: PeftModel.from_pretrained reproduces the trained model's outputs."""
+    """The saved adapter is a PEFT adapter: PeftModel.from_pretrained gives the same model as our resume path."""
     from peft import PeftModel
-    from grpo.model import build_tiny, load_model
-    main(SMALL + ["--steps=1", "--full_finetune=false", "--lr=1e-2", f"--out={tmp_path}"])
+    from grpo.model import add_lora, build_tiny, load_model
+    main(SMALL + ["--steps=4", "--full_finetune=false", "--lr=5e-3", "--beta=0.05", f"--out={tmp_path}"])
     ckpt = checkpoint.latest(tmp_path)
-    base, _ = load_model(build_tiny(), device=torch.device("cpu"))
-    x = torch.randint(0, 100, (1, 9))
-    before = base(x).logits
-    loaded = PeftModel.from_pretrained(base, ckpt / "adapter")
-    after = loaded(x).logits
-    assert not torch.allclose(before, after)  # the adapter changes the model…
     w = _weights(ckpt)
-    assert any("lora_A" in k for k in w) and any("lora_B" in k for k in w)  # …and is stored as LoRA A/B in safetensors
+    assert any("lora_A" in k for k in w) and any(w[k].abs().sum() > 0 for k in w if "lora_B" in k)  # it trained
+    x = torch.randint(0, 100, (1, 9))
+    base, _ = load_model(build_tiny(), device=torch.device("cpu"))
+    before = base(x).logits
+    via_peft = PeftModel.from_pretrained(base, ckpt / "adapter")(x).logits
+    ours = add_lora(load_model(build_tiny(), device=torch.device("cpu"))[0], r=16, alpha=32)
+    opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad])
+    checkpoint.load(ckpt, ours, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    torch.testing.assert_close(via_peft, ours(x).logits, rtol=0, atol=0)
+    assert not torch.allclose(before, via_peft)
