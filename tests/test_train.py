@@ -155,3 +155,11 @@ def test_adapter_loads_with_peft(tmp_path):
     checkpoint.load(ckpt, ours, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     torch.testing.assert_close(via_peft, ours(x).logits, rtol=0, atol=0)
     assert not torch.allclose(before, via_peft)
+
+
+def test_warns_before_a_run_that_does_not_fit(tmp_path, capsys):
+    """--memory_budget_gb runs bench/memory.py's planner first and warns, with its numbers, when the plan exceeds it."""
+    main(SMALL + ["--steps=1", "--memory_budget_gb=0.0001", f"--out={tmp_path}"])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "WARNING: planned peak exceeds the budget" in text and "GB" in text
