@@ -18,10 +18,6 @@ import kernels
 IMPLS = ("fused", "selective", "reference")
 
 
-def _reference_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-
-
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
                         *, temperature: float = 1.0, impl: str = "fused", with_entropy: bool = False):
     """log p(completion token) for every completion position.
@@ -47,11 +43,11 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     elif impl == "selective":
         out = kernels.selective_logprobs(head(h), targets, temperature, with_entropy=with_entropy)
     else:
-        out = _reference_logprobs(head(h), targets, temperature)
+        logp_all = torch.log_softmax(head(h).float() / temperature, dim=-1)      # (N, V) fp32: what TRL builds
+        out = logp_all.gather(-1, targets[:, None]).squeeze(-1)
         if with_entropy:
-            with torch.no_grad():
-                lp = torch.log_softmax(head(h).float() / temperature, -1)
-                out = (out, -(lp.exp() * lp).sum(-1))
+            with torch.no_grad():  # from the same (N, V) tensor: no second head matmul
+                out = (out, -(logp_all.exp() * logp_all).sum(-1))
     if with_entropy:
         out, entropy = out
         entropy = entropy.detach().mean() if entropy.numel() else torch.zeros((), device=h.device)
