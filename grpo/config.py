@@ -47,7 +47,7 @@ class Config:
     # Reward
     reward: str = field(default="hybrid", metadata={"help": "hybrid | complexity | rar_explicit | healthbench | rar_implicit"})
     log_rewards: str = field(default="healthbench", metadata={"help": "extra rewards logged (not trained on), comma list"})
-    judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local"})
+    judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local (policy, LoRA off)"})
     judge_model: str = field(default="", metadata={"help": "judge model name (openai judge)"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
     judge_mode: str = field(default="per_completion", metadata={"help": "openai judge: per_completion | per_criterion"})

@@ -38,6 +38,24 @@ class Rollouts:
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
 
 
+def concat_groups(groups: list, pad_id: int) -> Rollouts:
+    """One Rollouts from groups of several rollout batches: [(rollouts, b), ...] takes rows b*G..b*G+G-1 of each.
+    Prompts are re-left-padded and completions re-right-padded to the longest (DAPO dynamic sampling)."""
+    G = groups[0][0].num_generations
+    P = max(r.prompt_ids.shape[1] for r, _ in groups)
+    T = max(r.completion_ids.shape[1] for r, _ in groups)
+    rows = lambda r, b, name: getattr(r, name)[b * G:(b + 1) * G]  # noqa: E731
+    left = lambda x, n, v: torch.nn.functional.pad(x, (n - x.shape[1], 0), value=v)  # noqa: E731
+    right = lambda x, n, v: torch.nn.functional.pad(x, (0, n - x.shape[1]), value=v)  # noqa: E731
+    return Rollouts(
+        prompt_ids=torch.cat([left(rows(r, b, "prompt_ids"), P, pad_id) for r, b in groups]),
+        prompt_mask=torch.cat([left(rows(r, b, "prompt_mask"), P, 0) for r, b in groups]),
+        completion_ids=torch.cat([right(rows(r, b, "completion_ids"), T, pad_id) for r, b in groups]),
+        completion_mask=torch.cat([right(rows(r, b, "completion_mask"), T, 0) for r, b in groups]),
+        texts=[t for r, b in groups for t in r.texts[b * G:(b + 1) * G]],
+        truncated=torch.cat([rows(r, b, "truncated") for r, b in groups]), num_generations=G)
+
+
 def _hash32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer mix (lowbias32 by Chris Wellons) on int64 tensors; products stay below 2**63."""
     x = x & _MASK32

@@ -39,7 +39,7 @@ from grpo.logprobs import completion_logprobs
 from grpo.loss import LOSSES
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import Reference, add_lora, default_dtype, load_model
-from grpo.rollout import generate
+from grpo.rollout import concat_groups, generate
 from rewards import REWARDS
 from rewards.functions import rar_implicit
 from rewards.judge import grade_sync, make_judge, rate_sync
@@ -158,24 +158,23 @@ def main(argv: list) -> None:
         t_step = time.perf_counter()
         # ---- rollout + judge; DAPO dynamic sampling swaps zero-variance groups for fresh prompts ----
         roll, scores, extra = rollout_and_score(next_prompts())
-        groups = [(roll, b) for b in range(B_r)]
         frac_zero = dist.all_reduce_sum(zero_std_groups(scores[cfg.reward]).float().sum()).item() / cfg.prompts_per_step
-        if cfg.dynamic_sampling:
-            keep = ~zero_std_groups(scores[cfg.reward])
-            pool = [(roll, scores, b) for b in range(B_r) if keep[b]] + [(roll, scores, b) for b in range(B_r) if not keep[b]]
-            n_good = int(keep.sum())
+        if cfg.dynamic_sampling:  # groups as (rollouts, scores, index); varied first, zero-variance fillers last
+            zero = zero_std_groups(scores[cfg.reward]).tolist()
+            varied = [(roll, scores, b) for b in range(B_r) if not zero[b]]
+            fillers = [(roll, scores, b) for b in range(B_r) if zero[b]]
             for _ in range(cfg.max_resample_rounds):
-                short = dist.all_reduce_sum(torch.tensor(float(n_good < B_r))).item()  # sync: every rank must agree
-                if not short:
+                if not dist.all_reduce_sum(torch.tensor(float(len(varied) < B_r))).item():  # sync: all ranks agree
                     break
                 r2, s2, _ = rollout_and_score(next_prompts())
-                zero2 = zero_std_groups(s2[cfg.reward])
-                good2 = [b for b in range(B_r) if not zero2[b]]
-                pool = pool[:n_good] + [(r2, s2, b) for b in good2] + pool[n_good:]
-                n_good += len(good2)
-            pool = pool[:B_r]  # best B_r groups: varied ones first, zero-variance fillers last (advantage 0)
-            roll = _regroup(pool, G, tokenizer.pad_token_id)
+                zero = zero_std_groups(s2[cfg.reward]).tolist()
+                varied += [(r2, s2, b) for b in range(B_r) if not zero[b]]
+            pool = (varied + fillers)[:B_r]  # fillers only if rounds ran out; their advantage is 0
+            roll = concat_groups([(r, b) for r, _, b in pool], tokenizer.pad_token_id)
             scores = {k: torch.stack([s[k][b] for _, s, b in pool]) for k in scores}
+            extra["dynamic/zero_std_after"] = dist.all_reduce_sum(
+                zero_std_groups(scores[cfg.reward]).float().sum()).item() / cfg.prompts_per_step
+            extra["dynamic/prompts_drawn"] = cursor
         rewards = scores[cfg.reward]                                              # (B_r, G), NaN = unknown
         all_rewards = dist.all_gather_cat(rewards)                                # (B, G)
         adv_all = group_advantages(all_rewards, scale=cfg.adv_scale)              # (B, G)
@@ -229,10 +228,9 @@ def main(argv: list) -> None:
         stats.update({"completion_len": roll.completion_mask.sum(-1).float().mean(),
                       "truncated_frac": roll.truncated.float().mean(), "format_ok": extra["format_ok"]})
         reduced = dist.all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in stats.values()]))
-        reduced = reduced / world  # mean over ranks (dapo's loss is a sum over ranks: undo the ÷ world below)
+        metrics = dict(zip(stats, (reduced / world).tolist()))  # means over ranks…
         if cfg.loss == "dapo":
-            reduced[0] *= world
-        metrics = dict(zip(stats, reduced.tolist()))
+            metrics["loss"] *= world  # …except dapo's loss, already ÷ the global token count: a sum over ranks
         finite = all_rewards[~torch.isnan(all_rewards)]
         metrics.update({
             "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
@@ -249,6 +247,7 @@ def main(argv: list) -> None:
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
             "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
+            **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
         })
         log.log(step, metrics)
         if step % cfg.save_every == 0 or step == cfg.steps:
@@ -277,24 +276,6 @@ def _apply_update(params, optimizer, scheduler, cfg, world: int) -> tuple[float,
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     return norm, applied
-
-
-def _regroup(pool, G: int, pad_id: int):
-    """Stack the chosen groups (rollouts, scores, group index) of several rollout rounds into one Rollouts."""
-    from grpo.rollout import Rollouts
-    import torch.nn.functional as F
-    P = max(r.prompt_ids.shape[1] for r, _, _ in pool)
-    T = max(r.completion_ids.shape[1] for r, _, _ in pool)
-    take = lambda r, b, name: getattr(r, name)[b * G:(b + 1) * G]  # noqa: E731
-    pad_left = lambda x, n, v: F.pad(x, (n - x.shape[1], 0), value=v)  # noqa: E731
-    pad_right = lambda x, n, v: F.pad(x, (0, n - x.shape[1]), value=v)  # noqa: E731
-    return Rollouts(
-        prompt_ids=torch.cat([pad_left(take(r, b, "prompt_ids"), P, pad_id) for r, _, b in pool]),
-        prompt_mask=torch.cat([pad_left(take(r, b, "prompt_mask"), P, 0) for r, _, b in pool]),
-        completion_ids=torch.cat([pad_right(take(r, b, "completion_ids"), T, pad_id) for r, _, b in pool]),
-        completion_mask=torch.cat([pad_right(take(r, b, "completion_mask"), T, 0) for r, _, b in pool]),
-        texts=[t for r, _, b in pool for t in r.texts[b * G:(b + 1) * G]],
-        truncated=torch.cat([take(r, b, "truncated") for r, _, b in pool]), num_generations=G)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,24 @@ def test_chunked_rollout_draws_the_same_samples(tiny):
     chunked = generate(model, tok, prompts, **kw, rollout_batch=4)
     assert whole.texts == chunked.texts
     assert torch.equal(whole.completion_mask, chunked.completion_mask)
+
+
+def test_concat_groups_repads_and_keeps_log_probs(tiny):
+    """Groups taken from two rollout batches of different prompt/completion lengths score exactly as before."""
+    from grpo.logprobs import completion_logprobs
+    from grpo.rollout import concat_groups
+    model, tok = tiny
+    a = generate(model, tok, [[{"role": "user", "content": "What is a statin?"}],
+                              [{"role": "user", "content": "Why do ankles swell in heart failure at night?"}]],
+                 num_generations=2, max_new_tokens=6, seed=1)
+    b = generate(model, tok, [[{"role": "user", "content": "Define angina briefly please."}]],
+                 num_generations=2, max_new_tokens=9, seed=2)
+    merged = concat_groups([(a, 1), (b, 0)], tok.pad_token_id)
+    assert merged.texts == a.texts[2:4] + b.texts[0:2]
+    lp = lambda r: completion_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask, impl="reference")  # noqa: E731
+    with torch.no_grad():
+        got, la, lb = lp(merged), lp(a), lp(b)
+    ta, tb = la.shape[1], lb.shape[1]
+    torch.testing.assert_close(got[:2, :ta], la[2:4], rtol=0, atol=2e-5)
+    torch.testing.assert_close(got[2:, :tb], lb[0:2], rtol=0, atol=2e-5)
+    assert merged.completion_mask[:2, ta:].sum() == 0

@@ -99,6 +99,11 @@ def test_options_run_together(tmp_path):
                   "--micro_batch=3", "--loss=dr_grpo", f"--out={tmp_path}", "--adv_scale=batch"])
     rows = _metrics(tmp_path)
     assert len(rows) == 2
+    # dynamic sampling: never more zero-variance groups after resampling than before, and extra prompts were drawn
+    # for every step that started with one (2 prompts per step, up to 3 extra rounds of 2)
+    assert all(r["dynamic/zero_std_after"] <= r["frac_reward_zero_std"] for r in rows)
+    extra_rounds = rows[-1]["prompts_seen"] // 2 - len(rows)
+    assert (extra_rounds > 0) == any(r["frac_reward_zero_std"] > 0 for r in rows)
     for r in rows:
         assert r["kl"] >= 0 and all(v == v for k, v in r.items() if k not in ("reward/std",) and isinstance(v, float)
                                     and not k.startswith("reward/")), r
