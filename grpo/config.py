@@ -18,7 +18,7 @@ class Config:
     # Run
     preset: str = field(default="tiny", metadata={"help": "named preset applied before flags (tiny | qwen3-14b-rtx6000)"})
     out: str = field(default="runs/demo", metadata={"help": "run directory: metrics.jsonl, config.json, checkpoints/"})
-    steps: int = field(default=80, metadata={"help": "optimizer steps"})
+    steps: int = field(default=150, metadata={"help": "optimizer steps"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling noise"})
     resume: str = field(default="", metadata={"help": "checkpoint dir to resume from ('auto' = latest in out/)"})
     # Model
@@ -76,8 +76,8 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     # The embedded CPU demo: a tiny random Qwen3 learns to name what the keyword judge rewards, in ~2 minutes.
-    "tiny": dict(model="tiny", data="demo", full_finetune=True, lr=5e-3, warmup_ratio=0.05, steps=80,
-                 prompts_per_step=8, num_generations=8, max_new_tokens=40, beta=0.0, save_every=40),
+    "tiny": dict(model="tiny", data="demo", full_finetune=True, lr=5e-3, warmup_ratio=0.05, steps=150,
+                 prompts_per_step=8, num_generations=8, max_new_tokens=40, beta=0.0, save_every=50),
     # The paper's setup (Ahmadi et al. 2026) on one 96 GB RTX 6000 PRO.
     "qwen3-14b-rtx6000": dict(model="Qwen/Qwen3-14B", data="", lora_r=16, lora_alpha=32, lora_targets="all-linear",
                               num_generations=6, max_new_tokens=1024, lr=5e-6, warmup_ratio=0.1, schedule="linear",

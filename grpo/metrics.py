@@ -94,7 +94,10 @@ def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
     mean = [r.get("reward/mean", float("nan")) for r in rows]
     std = [r.get("reward/std", 0.0) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, mean, label="reward mean")
+    ax.plot(steps, mean, label="reward mean", alpha=0.5)
+    k = 10  # trailing 10-step average: the trend through per-step noise
+    ax.plot(steps, [sum(mean[max(0, i - k + 1):i + 1]) / len(mean[max(0, i - k + 1):i + 1]) for i in range(len(mean))],
+            color="tab:blue", linewidth=2, label=f"{k}-step mean")
     ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
