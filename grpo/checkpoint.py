@@ -22,22 +22,38 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from grpo.dist import PolicyLogprobs, is_sharded
 from grpo.model import is_peft
 
 
+_FULL = dict(full_state_dict=True, cpu_offload=True)
+
+
 def _unwrap(model):
-    return model.module if hasattr(model, "module") else model  # DDP
+    """The HF/PEFT model inside a dist.PolicyLogprobs (DDP-wrapped or FSDP-sharded), or the model itself."""
+    model = model.module if hasattr(model, "module") else model  # DDP
+    return model.model if isinstance(model, PolicyLogprobs) else model
 
 
-def save(run_dir: str | Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int = 2) -> Path:
+def save(run_dir: str | Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int = 2,
+         rank: int = 0) -> Path | None:
+    """Call on every rank (gathering FSDP-sharded weights and optimizer state is collective); rank 0 writes."""
+    weights, optim_state = None, None
+    if is_sharded(model):  # full state dicts through torch.distributed.checkpoint, HF names for the weights
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+        opts = StateDictOptions(**_FULL)
+        weights = {k.removeprefix("model."): v for k, v in get_model_state_dict(model, options=opts).items()}
+        optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
+    if rank != 0:
+        return None
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f"step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = _unwrap(model)
-    model.save_pretrained(tmp / ("adapter" if is_peft(model) else "model"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    hf = _unwrap(model)
+    hf.save_pretrained(tmp / ("adapter" if is_peft(hf) else "model"), **({"state_dict": weights} if weights else {}))
+    torch.save(optim_state if optim_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
@@ -60,15 +76,23 @@ def load(ckpt: str | Path, model, optimizer, scheduler) -> dict:
     ckpt = Path(ckpt)
     if not (ckpt / "state.json").exists():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint (no state.json); pass a checkpoints/step-NNNNNN dir")
-    model = _unwrap(model)
-    if is_peft(model):
+    hf = _unwrap(model)
+    optim_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    if is_peft(hf):
         from peft import set_peft_model_state_dict
-        set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(hf, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
+    elif is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+        weights = {"model." + k: v for k, v in load_file(ckpt / "model" / "model.safetensors").items()}
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+        optim_state = None
     else:
-        missing, unexpected = model.load_state_dict(load_file(ckpt / "model" / "model.safetensors"), strict=False)
+        missing, unexpected = hf.load_state_dict(load_file(ckpt / "model" / "model.safetensors"), strict=False)
         if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # tied head is saved once
             raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    if optim_state is not None:
+        optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng = torch.load(ckpt / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])

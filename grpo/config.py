@@ -25,6 +25,7 @@ class Config:
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
     init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from (e.g. the SFT output)"})
     full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA (small models)"})
+    fsdp: bool = field(default=False, metadata={"help": "full fine-tuning sharded over ranks with FSDP2 (else DDP)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_targets: str = field(default="all-linear", metadata={"help": "'all-linear' or comma list of module names"})
@@ -159,6 +160,11 @@ def validate(cfg: Config) -> None:
         raise ValueError("--num_iterations must be >= 1")
     if not cfg.data:
         raise ValueError("--data is required for this preset: a HealthBench / RaR-Medicine / heart JSONL file")
+    if cfg.fsdp and not cfg.full_finetune:
+        raise ValueError("--fsdp shards full fine-tuning; LoRA runs data-parallel with DDP: add --full_finetune or drop --fsdp")
+    if cfg.fsdp and (cfg.beta > 0 or cfg.judge == "local"):
+        raise ValueError("--fsdp supports beta=0 and a remote or keyword judge (a frozen full copy for the reference "
+                         "or local judge is not sharded); use LoRA for beta > 0 or --judge local")
     if cfg.full_finetune and cfg.init_adapter:
         raise ValueError("--init_adapter applies a LoRA adapter; drop --full_finetune")
 

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -50,3 +51,82 @@ def barrier() -> None:
 def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The policy as one module whose forward is the completion log-probs (decoder + fused head). Wrapping *this*
+    in DDP or FSDP2 puts their hooks around exactly what the loss differentiates; the HF model's own forward would
+    build the (tokens × vocab) logits we avoid."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_mask, *, temperature=1.0, impl="fused", with_entropy=False):
+        from grpo.logprobs import completion_logprobs
+        return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, temperature=temperature,
+                                   impl=impl, with_entropy=with_entropy)
+
+
+def parallelize(model, mode: str) -> torch.nn.Module:
+    """mode "none" (one process), "ddp" (replicated weights, gradients all-reduced — LoRA, small models) or "fsdp"
+    (FSDP2 `fully_shard` per decoder layer + root: weights, gradients and AdamW states sharded over ranks — full
+    fine-tuning of models that do not fit one GPU). Both average gradients over ranks."""
+    policy = PolicyLogprobs(model)
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        device = next(model.parameters()).device
+        return DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.get_decoder().layers:
+            fully_shard(layer)
+        fully_shard(policy)  # root: embeddings, final norm, LM head
+        # FSDP2 initialises lazily from whichever sharded module runs first; sampling calls the decoder layers
+        # directly, so run one 2-token forward through the root now to make it the root.
+        with torch.no_grad():
+            ids = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+            policy(ids, torch.ones_like(ids), torch.ones_like(ids[:, :1]))
+        policy.reshard()  # the root keeps its parameters gathered after a forward; the optimizer must see the shards
+    return policy
+
+
+def unwrap(policy) -> torch.nn.Module:
+    """The HF (or PEFT) model inside a PolicyLogprobs, DDP-wrapped or not."""
+    return (policy.module if hasattr(policy, "module") else policy).model
+
+
+def is_sharded(policy) -> bool:
+    return hasattr(policy, "set_requires_gradient_sync")  # an FSDP2 module
+
+
+@contextlib.contextmanager
+def gradient_sync(policy, enabled: bool):
+    """Skip the gradient all-reduce / reduce-scatter on all but the last micro-batch of an optimizer step."""
+    if enabled:
+        yield
+    elif hasattr(policy, "no_sync"):  # DDP
+        with policy.no_sync():
+            yield
+    elif is_sharded(policy):
+        policy.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            policy.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def root_unsharded(policy):
+    """Calls into the HF model that bypass the policy's forward (sampling) need FSDP2's root parameters (embeddings,
+    final norm, LM head) gathered; the decoder layers gather their own in their forward hooks."""
+    if not is_sharded(policy):
+        yield
+        return
+    policy.unshard()
+    try:
+        yield
+    finally:
+        policy.reshard()

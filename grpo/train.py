@@ -98,6 +98,9 @@ def main(argv: list) -> None:
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = Reference(model, keep_copy=cfg.beta > 0 and cfg.full_finetune)  # taken before any update or resume
+    # DDP or FSDP2 wraps a module whose forward is the completion log-probs (grpo/dist.py); one process: no wrapper
+    policy = dist.parallelize(model, "none" if world == 1 else "fsdp" if cfg.fsdp else "ddp")
+    policy.train()  # from_pretrained returns eval mode, and HF checkpoints activations only in training mode
     judge = make_judge(cfg.judge, **{
         "keyword": {},
         "local": dict(model=model, tokenizer=tokenizer),  # the policy's own base weights, adapter switched off
@@ -106,7 +109,7 @@ def main(argv: list) -> None:
     }.get(cfg.judge, {}))
     reward_names = [cfg.reward] + [r for r in cfg.log_rewards.split(",") if r and r != cfg.reward]
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in policy.parameters() if p.requires_grad]  # after sharding: FSDP2 swaps in DTensors
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_updates = cfg.steps * cfg.num_iterations
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_updates))
@@ -115,7 +118,7 @@ def main(argv: list) -> None:
     start_step, cursor, skipped = 0, 0, 0  # cursor = prompts consumed from the global data stream
     resume = str(checkpoint.latest(out) or "") if cfg.resume == "auto" else cfg.resume
     if resume:
-        state = checkpoint.load(resume, model, optimizer, scheduler)
+        state = checkpoint.load(resume, policy, optimizer, scheduler)
         start_step, cursor, skipped = state["step"], state["cursor"], state["skipped"]
     log = RunLogger(out, cfg.steps, start_step, cfg.tensorboard, cfg.plot) if rank == 0 else NullLogger()
     log.write(f"{len(samples)} samples | {sum(p.numel() for p in params):,} trainable params | world {world} | "
@@ -136,10 +139,11 @@ def main(argv: list) -> None:
     def rollout_and_score(picked):
         """Sample G completions per prompt, grade them, return (rollouts, rewards (B_r, G) NaN = unknown, extras)."""
         t0 = time.perf_counter()
-        roll = generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
-                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
-                        max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
+        with dist.root_unsharded(policy):
+            roll = generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
+                            max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         t1 = time.perf_counter()
         items = [(s.prompt, roll.texts[b * G + g], s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
         verdicts = grade_sync(judge, items) if any(n != "rar_implicit" for n in reward_names) else None
@@ -191,9 +195,8 @@ def main(argv: list) -> None:
         old_logp = ref_logp = None
         with torch.no_grad():
             if cfg.num_iterations > 1:  # μ = 1: old = current policy, ratio ≡ 1, no extra forward
-                old_logp = torch.cat([completion_logprobs(model, input_ids[c], attn[c], cmask[c],
-                                                          temperature=cfg.temperature, impl=cfg.logprob_impl)
-                                      for c in chunks])
+                old_logp = torch.cat([policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
+                                             impl=cfg.logprob_impl) for c in chunks])
             if cfg.beta > 0:
                 with reference.active() as ref_model:
                     ref_logp = torch.cat([completion_logprobs(ref_model, input_ids[c], attn[c], cmask[c],
@@ -204,21 +207,23 @@ def main(argv: list) -> None:
         num_tokens = dist.all_reduce_sum(cmask.sum().float())  # dapo: tokens of the whole step, all ranks
         sums = {}
         for _ in range(cfg.num_iterations):
-            for c in chunks:
-                logp, entropy = completion_logprobs(model, input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
-                                                    impl=cfg.logprob_impl, with_entropy=True)
-                old = old_logp[c] if old_logp is not None else logp.detach()
-                loss, m = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
-                                  eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
-                                  max_len=cfg.max_new_tokens, num_tokens=num_tokens)
-                # dapo's loss is already ÷ global tokens: sum micro-batches and ranks; the others are means: weight by size
-                w = (c.stop - c.start) / S
-                scale = 1.0 if cfg.loss == "dapo" else w
-                (loss * scale).backward()
-                sums["loss"] = sums.get("loss", 0.0) + (loss * scale).detach()
+            for i, c in enumerate(chunks):
+                with dist.gradient_sync(policy, enabled=i == len(chunks) - 1):  # all-reduce once, after the last
+                    logp, entropy = policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
+                                           impl=cfg.logprob_impl, with_entropy=True)
+                    old = old_logp[c] if old_logp is not None else logp.detach()
+                    loss, m = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
+                                      eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
+                                      max_len=cfg.max_new_tokens, num_tokens=num_tokens)
+                    # the others are means: weight micro-batches by size; dapo is already ÷ the global token count, so
+                    # its micro-batches add up, and × world undoes DDP/FSDP's mean over ranks into the sum it needs
+                    w = (c.stop - c.start) / S
+                    scale = world if cfg.loss == "dapo" else w
+                    (loss * scale).backward()
+                sums["loss"] = sums.get("loss", 0.0) + (loss * (1.0 if cfg.loss == "dapo" else w)).detach()
                 for k, v in {"entropy": entropy, **m}.items():
                     sums[k] = sums.get(k, 0.0) + v.detach() * w
-            grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg, world)
+            grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
             skipped += not applied
         t_end = time.perf_counter()
 
@@ -251,25 +256,19 @@ def main(argv: list) -> None:
         })
         log.log(step, metrics)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            if rank == 0:
-                checkpoint.save(out, step, model, optimizer, scheduler,
-                                {"cursor": cursor, "skipped": skipped}, keep_last=cfg.keep_last)
+            checkpoint.save(out, step, policy, optimizer, scheduler, {"cursor": cursor, "skipped": skipped},
+                            keep_last=cfg.keep_last, rank=rank)  # every rank: gathering FSDP shards is collective
             dist.barrier()
     log.close()
     dist.close()
 
 
-def _apply_update(params, optimizer, scheduler, cfg, world: int) -> tuple[float, bool]:
-    """All-reduce gradients (mean over ranks; sum for dapo, whose loss is already ÷ global tokens), clip, and step —
-    unless the loss or a gradient is non-finite, in which case the update is skipped (counted by the caller)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if world > 1:
-        flat = dist.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
-        flat /= 1 if cfg.loss == "dapo" else world
-        for p, g in zip(params, torch.split(flat, [g.numel() for g in grads])):
-            p.grad = g.view_as(p).clone()
+def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:
+    """Clip and step — unless the loss or a gradient is non-finite, in which case the update is skipped (counted by
+    the caller). Gradients arrive already averaged over ranks by DDP / FSDP2."""
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()  # sync: decides whether to apply
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # sync: decides whether to apply
     applied = math.isfinite(norm)
     if applied:
         optimizer.step()

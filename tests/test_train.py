@@ -75,22 +75,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(n: int, args: list, out: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(ROOT / "grpo" / "train.py"), *args, f"--out={out}"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
-    """torchrun with 2 gloo processes and the same global batch ends at the same parameters as 1 process."""
-    args = SMALL + ["--prompts_per_step=4", "--steps=3", "--save_every=3", "--loss=dapo", "--beta=0.02",
-                    "--full_finetune=false", "--lr=5e-3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for n in (1, 2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", str(ROOT / "grpo" / "train.py"), *args, f"--out={tmp_path / str(n)}"]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+@pytest.mark.parametrize("mode, flags", [
+    ("ddp", ["--full_finetune=false", "--loss=dapo", "--beta=0.02"]),               # LoRA, adapter-off reference
+    ("fsdp", ["--full_finetune=true", "--fsdp", "--loss=grpo", "--micro_batch=3"]),  # FSDP2-sharded full fine-tuning
+])
+def test_two_processes_equal_one_and_resume(tmp_path, mode, flags):
+    """torchrun with 2 gloo processes and the same global batch ends at the same parameters as 1 process; and the
+    2-process run resumed from its step-2 checkpoint ends bit-for-bit where it ended without the interruption."""
+    args = SMALL + ["--prompts_per_step=4", "--steps=3", "--save_every=2", "--lr=5e-3", *flags]
+    _torchrun(1, [a for a in args if a != "--fsdp"], tmp_path / "1")  # one process: the plain model is the reference
+    _torchrun(2, args, tmp_path / "2")
     w1, w2 = _weights(checkpoint.latest(tmp_path / "1")), _weights(checkpoint.latest(tmp_path / "2"))
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
     r1, r2 = _metrics(tmp_path / "1"), _metrics(tmp_path / "2")
     assert [r["reward/mean"] for r in r1] == pytest.approx([r["reward/mean"] for r in r2], abs=1e-9)
+
+    final = checkpoint.latest(tmp_path / "2")
+    final.rename(final.with_name("done"))  # as if the run had died after its step-2 checkpoint
+    _torchrun(2, args + ["--resume=auto"], tmp_path / "2")
+    resumed = _weights(checkpoint.latest(tmp_path / "2"))
+    assert all(torch.equal(resumed[k], w2[k]) for k in w2)
 
 
 def test_options_run_together(tmp_path):
@@ -117,10 +130,10 @@ def test_nonfinite_gradient_is_skipped_not_applied():
     opt = torch.optim.AdamW([p], lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     p.grad = torch.tensor([1.0, float("nan"), 0.0])
-    norm, applied = _apply_update([p], opt, sched, cfg, world=1)
+    norm, applied = _apply_update([p], opt, sched, cfg)
     assert not applied and torch.equal(p.data, torch.ones(3)) and p.grad is None
     p.grad = torch.tensor([1.0, 1.0, 0.0])
-    norm, applied = _apply_update([p], opt, sched, cfg, world=1)
+    norm, applied = _apply_update([p], opt, sched, cfg)
     assert applied and norm == pytest.approx(2 ** 0.5) and not torch.equal(p.data, torch.ones(3))
 
 
@@ -168,3 +181,13 @@ def test_warns_before_a_run_that_does_not_fit(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "WARNING: planned peak exceeds the budget" in text and "GB" in text
+
+
+def test_gradient_checkpointing_changes_memory_not_math(tmp_path):
+    args = SMALL + ["--steps=3", "--full_finetune=false", "--beta=0.05", "--lr=5e-3", "--save_every=3"]
+    main(args + [f"--out={tmp_path / 'plain'}"])
+    main(args + ["--grad_checkpointing", f"--out={tmp_path / 'ckpt'}"])
+    a, b = _weights(checkpoint.latest(tmp_path / "plain")), _weights(checkpoint.latest(tmp_path / "ckpt"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
+    assert [r["reward/mean"] for r in _metrics(tmp_path / "plain")] == [r["reward/mean"] for r in _metrics(tmp_path / "ckpt")]
