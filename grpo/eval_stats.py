@@ -5,7 +5,9 @@
 An example is (points: list[float], met: list[bool | None], tags: list[tuple]) — one entry per rubric criterion.
 HealthBench's official score (simple-evals `healthbench_eval.py`): per example, the sum of the points of the criteria
 judged met (a met pitfall subtracts) over the sum of positive points, not clipped; the reported score is the mean over
-examples clipped to [0, 1], with a bootstrap std. An unknown verdict (None) counts as not met.
+examples clipped to [0, 1], with a bootstrap std. An unknown verdict (None: the judge failed after its retries) is
+dropped from numerator and denominator alike, as in `rewards.functions.healthbench` — counting it as "not met" would
+punish a desirable behaviour and forgive a pitfall; the share of unknowns is reported next to the score.
 The paper's metrics: an example *passes* when its score is > 0.5; accuracy / precision / recall / F1 are over
 criteria, reading each criterion as a label an ideal response gets right (positive criteria met, pitfalls not met)
 and the judge's verdict as the response's prediction — precision: share of the behaviours shown that are desirable,
@@ -19,9 +21,11 @@ from collections.abc import Sequence
 
 
 def example_score(points: Sequence[float], met: Sequence[bool | None]) -> float | None:
-    """Σ points of met criteria / Σ positive points; None when the rubric has no positive points."""
+    """Σ points of met criteria / Σ positive points over the known verdicts; None when no known criterion has
+    positive points."""
     if len(points) != len(met):
         raise ValueError(f"{len(points)} criteria but {len(met)} verdicts")
+    points, met = [p for p, m in zip(points, met) if m is not None], [m for m in met if m is not None]
     total = sum(p for p in points if p > 0)
     if total <= 0:
         return None
@@ -77,10 +81,10 @@ def group_scores(scores: Sequence[float | None], groups: Sequence[Sequence[str]]
 
 
 def criterion_metrics(examples: Sequence[tuple]) -> dict:
-    """Accuracy, precision, recall, F1 over all criteria (see module docstring); unknown verdicts count as not met."""
+    """Accuracy, precision, recall, F1 over all criteria with a known verdict (see module docstring)."""
     tp = fp = fn = tn = 0
     for points, met, _ in examples:
-        for p, m in zip(points, met):
+        for p, m in ((p, m) for p, m in zip(points, met) if m is not None):
             want, got = p > 0, m is True
             tp += want and got
             fp += got and not want

@@ -14,7 +14,8 @@ def test_example_score_by_hand():
     # 5 + 3 met of positives 5 + 3 + 2 = 10, pitfall −4 happened: (8 − 4) / 10
     assert example_score([5, 3, 2, -4], [True, True, False, True]) == pytest.approx(0.4)
     assert example_score([5, -4], [False, True]) == pytest.approx(-0.8)  # not clipped per example
-    assert example_score([5, 5], [None, True]) == 0.5  # unknown = not met
+    assert example_score([5, 5], [None, True]) == 1.0  # unknown: dropped from both sums
+    assert example_score([5, -5], [True, None]) == 1.0 and example_score([5, -5], [None, True]) is None
     assert example_score([-1], [True]) is None
     with pytest.raises(ValueError):
         example_score([1, 2], [True])
@@ -50,9 +51,9 @@ def test_tag_and_group_scores_by_hand():
 
 def test_criterion_metrics_by_hand():
     ex = [([5, 3, -2], [True, False, True], [(), (), ()]), ([1, -1], [True, None], [(), ()])]
-    m = criterion_metrics(ex)  # tp 2 (5, 1), fn 1 (3), fp 1 (−2 happened), tn 1 (−1 unknown)
-    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 1)
-    assert m["accuracy"] == 0.6 and m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    m = criterion_metrics(ex)  # tp 2 (5, 1), fn 1 (3), fp 1 (−2 happened); −1 is unknown: not counted
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 0)
+    assert m["accuracy"] == 0.5 and m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
     assert m["f1"] == pytest.approx(2 / 3)
 
 

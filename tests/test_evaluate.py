@@ -73,7 +73,7 @@ def test_summary_by_hand(tmp_path):
              "points": [2, -1], "verdicts": [True, None], "criterion_tags": [["axis:accuracy"], []], "score": 1.0}]
     s = summarize(recs, n_boot=200)
     assert s["healthbench_score"]["value"] == 0.75 and s["pass_rate"]["value"] == 0.5
-    assert s["criteria"]["tp"] == 2 and s["criteria"]["fn"] == 1 and s["criteria"]["tn"] == 2
+    assert s["criteria"]["tp"] == 2 and s["criteria"]["fn"] == 1 and s["criteria"]["tn"] == 1  # b's −1 is unknown
     assert s["axis"] == {"accuracy": 1.0, "completeness": 0.0}  # accuracy: a 5/5, b 2/2; completeness: a 0/5
     assert s["format_compliance"] == 0.5 and s["unknown_verdicts"] == 0.2
     assert s["heart_theme"] == {"hypertension": {"n": 1, "score": 0.5}}
