@@ -76,9 +76,9 @@ class ApiResponder:
             try:
                 r = await self.client.chat.completions.create(model=self.model, messages=to_messages(s),
                                                               max_tokens=self.max_tokens, temperature=self.temperature)
-            except Exception as e:  # the client already retried: an empty answer scores 0, the run goes on
-                tqdm.write(f"{s.id}: {type(e).__name__}: {str(e)[:120]}")
-                return "", False
+            except Exception as e:  # the client already retried: no record, so a rerun (resume) asks again
+                tqdm.write(f"{s.id}: no response ({type(e).__name__}: {str(e)[:120]}); rerun to retry it")
+                return None
             return r.choices[0].message.content or "", r.choices[0].finish_reason == "length"
 
     async def __call__(self, samples, offsets):
@@ -113,6 +113,8 @@ async def run(samples, responder, judge, out_dir, *, batch_size: int = 8, progre
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]
             responses = await responder([s for _, s in batch], [i for i, _ in batch])
+            batch, responses = ([x for x, r in zip(batch, responses) if r is not None],
+                                [r for r in responses if r is not None])  # a failed API call is retried on resume
             parsed = [parse(text) for text, _ in responses]
             # the judge sees the conversation as the user wrote it (not our system prompt) and grades the answer
             verdicts = await judge.grade_many([(s.prompt, p.solution, s.rubric) for (_, s), p in zip(batch, parsed)])

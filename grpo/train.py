@@ -145,7 +145,8 @@ def main(argv: list) -> None:
                             top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
                             max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         t1 = time.perf_counter()
-        items = [(s.prompt, roll.texts[b * G + g], s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
+        parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
+        items = [(s.prompt, parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
         verdicts = grade_sync(judge, items) if any(n != "rar_implicit" for n in reward_names) else None
         ratings = rate_sync(judge, items) if "rar_implicit" in reward_names else None  # one Likert call per sample
         t2 = time.perf_counter()
@@ -155,7 +156,7 @@ def main(argv: list) -> None:
                     [REWARDS[name](rub, met) for (_, _, rub), met in zip(items, verdicts)])
             return torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float32).view(-1, G)
         scores = {name: score(name) for name in reward_names}
-        well_formed = torch.tensor([parse(t).well_formed for t in roll.texts], dtype=torch.float32)
+        well_formed = torch.tensor([p.well_formed for p in parsed], dtype=torch.float32)
         return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item()}
 
     for step in range(start_step + 1, cfg.steps + 1):

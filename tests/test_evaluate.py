@@ -96,7 +96,7 @@ def test_select_is_deterministic():
     assert len(select(samples, heart_only=True)) == len(samples)
 
 
-def test_api_responder_with_fake_client():
+def test_api_responder_with_fake_client(tmp_path):
     from types import SimpleNamespace
 
     async def create(**kw):
@@ -109,7 +109,13 @@ def test_api_responder_with_fake_client():
     samples = load_samples(bundled_demo_path())[:2]
     bad = samples[1].__class__(samples[1].id, [{"role": "user", "content": "FAIL"}], samples[1].rubric)
     out = asyncio.run(ApiResponder("m", client=client)([samples[0], bad], [0, 1]))
-    assert out == [("<start_working_out>x<end_working_out><SOLUTION>call 911</SOLUTION>", True), ("", False)]
+    assert out == [("<start_working_out>x<end_working_out><SOLUTION>call 911</SOLUTION>", True), None]
+
+    class Judge:
+        async def grade_many(self, items):
+            return [[True] * len(r) for _, _, r in items]
+    results = asyncio.run(run([samples[0], bad], ApiResponder("m", client=client), Judge(), tmp_path, progress=False))
+    assert [r["id"] for r in results] == [samples[0].id]  # the failed call left no record: a rerun retries it
 
 
 def test_cli_writes_every_output(tiny_path, tmp_path, monkeypatch):
