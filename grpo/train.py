@@ -1,6 +1,6 @@
 """GRPO with rubric rewards, written to be read top to bottom.
 
-    torchrun grpo/train.py                                    # embedded CPU demo: tiny Qwen3, keyword judge, ~2 min
+    torchrun grpo/train.py                                    # embedded CPU demo: tiny Qwen3, keyword judge, ~40 s
     torchrun --standalone --nproc_per_node=2 grpo/train.py    # the same, data-parallel on 2 processes (gloo)
     torchrun grpo/train.py --preset qwen3-14b-rtx6000 --data heart_grpo.jsonl --judge_model gpt-4.1-mini
     torchrun grpo/train.py --resume auto --out runs/demo      # continue the latest checkpoint exactly
@@ -17,7 +17,6 @@ sampling noise is keyed by (seed, sequence), so a resumed or multi-process run d
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import random
 import sys
@@ -179,7 +178,6 @@ def main(argv: list) -> None:
             scores = {k: torch.stack([s[k][b] for _, s, b in pool]) for k in scores}
             extra["dynamic/zero_std_after"] = dist.all_reduce_sum(
                 zero_std_groups(scores[cfg.reward]).float().sum()).item() / cfg.prompts_per_step
-            extra["dynamic/prompts_drawn"] = cursor
         rewards = scores[cfg.reward]                                              # (B_r, G), NaN = unknown
         all_rewards = dist.all_gather_cat(rewards)                                # (B, G)
         adv_all = group_advantages(all_rewards, scale=cfg.adv_scale)              # (B, G)

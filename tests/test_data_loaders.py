@@ -5,7 +5,7 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from data import bundled_demo_path, from_record, iter_samples, load_samples, to_record, write_samples
+from data import bundled_demo_path, from_record, iter_samples, load_samples, write_samples
 
 HB = "healthbench_hard_sample.jsonl"
 RAR = "rar_medicine_sample.jsonl"
