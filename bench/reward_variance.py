@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--pitfall-scale", type=float, default=0.5, help="pitfall probability = (1 − q) × this")
     ap.add_argument("--unknown", type=float, default=0.02, help="probability a verdict is unknown")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--png", default="reward_variance.png", help="plot path ('' = no plot)")
+    ap.add_argument("--png", default="runs/reward_variance.png", help="plot path ('' = no plot)")
     args = ap.parse_args(argv)
 
     paths = [Path(p) for p in args.data] if args.data else default_paths()
@@ -120,6 +120,7 @@ def main(argv=None) -> dict:
         a.legend(fontsize=8)
         fig.suptitle(f"Reward spread inside GRPO groups (G={args.G}, {len(rubrics)} rubrics)")
         fig.tight_layout()
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.png, dpi=120)
         print(f"plot: {args.png}")
 

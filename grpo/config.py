@@ -83,7 +83,7 @@ PRESETS: dict[str, dict] = {
     "qwen3-14b-rtx6000": dict(model="Qwen/Qwen3-14B", data="", lora_r=16, lora_alpha=32, lora_targets="all-linear",
                               num_generations=6, max_new_tokens=1024, lr=5e-6, warmup_ratio=0.1, schedule="linear",
                               temperature=1.0, min_p=0.1, grad_checkpointing=True, prompts_per_step=8, micro_batch=6,
-                              rollout_batch=24,
+                              rollout_batch=24, max_prompt_len=512,
                               steps=500, beta=0.0, judge="openai", save_every=25, memory_budget_gb=96.0),
 }
 
