@@ -54,3 +54,26 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     logp = torch.zeros(S, T, dtype=torch.float32, device=h.device)
     logp = logp.masked_scatter(valid, out)                                        # (S, T)
     return (logp, entropy) if with_entropy else logp
+
+
+def check_kernels(head_weight: torch.Tensor, *, temperature: float = 1.0, n: int = 64, tol: float = 2e-3) -> dict:
+    """Start-up self-check: the Triton path against the chunked torch path on n random rows at the model's own head
+    shape and dtype, forward and backward (a few ms). Raises with the way out (`--logprob_impl reference`) instead of
+    training on wrong log-probs if a kernel misbehaves on this GPU / driver / triton. Returns the measured errors."""
+    g = torch.Generator(device=head_weight.device).manual_seed(0)
+    V, H = head_weight.shape
+    hidden = (torch.randn(n, H, generator=g, device=head_weight.device) * H ** -0.5).to(head_weight.dtype)
+    targets = torch.randint(0, V, (n,), generator=g, device=head_weight.device)
+    out = {}
+    for impl in ("triton", "torch"):
+        h = hidden.clone().requires_grad_(True)
+        logp = kernels.linear_logprobs(h, head_weight.detach(), targets, temperature, impl=impl)
+        logp.backward(torch.linspace(-1, 1, n, device=h.device))
+        out[impl] = (logp.detach(), h.grad.float())
+    ratio_err = (out["triton"][0] - out["torch"][0]).exp().sub(1).abs().max().item()   # what a PPO ratio sees
+    grad_err = ((out["triton"][1] - out["torch"][1]).norm() / out["torch"][1].norm().clamp_min(1e-30)).item()
+    if not (ratio_err <= tol and grad_err <= 2e-2):  # `not <=` also catches NaN
+        raise RuntimeError(f"Triton log-prob kernel disagrees with the torch path on this device: |exp(Δlogp) − 1| = "
+                           f"{ratio_err:.2e}, relative grad error {grad_err:.2e}. Train with --logprob_impl reference "
+                           f"and report it (python bench/bench_kernels.py prints the details).")
+    return {"kernel_check/ratio_err": ratio_err, "kernel_check/grad_err": grad_err}

@@ -34,7 +34,8 @@ from data.format import parse, to_messages
 from grpo import checkpoint, dist
 from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
-from grpo.logprobs import completion_logprobs
+import kernels
+from grpo.logprobs import check_kernels, completion_logprobs
 from grpo.loss import LOSSES
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import Reference, add_lora, default_dtype, load_model
@@ -123,6 +124,9 @@ def main(argv: list) -> None:
     log.write(f"{len(samples)} samples | {sum(p.numel() for p in params):,} trainable params | world {world} | "
               f"B={cfg.prompts_per_step} G={G} | reward {cfg.reward} | judge {cfg.judge} | loss {cfg.loss}")
     check_memory_plan(cfg, model, log)
+    if device.type == "cuda" and cfg.logprob_impl == "fused" and kernels.HAS_TRITON:
+        with dist.root_unsharded(policy):  # FSDP2: the head weight gathered
+            log.write(f"kernel self-check: {check_kernels(model.get_output_embeddings().weight)}")
 
     def next_prompts():
         """This rank's slice of the next B prompts of the global stream: a fresh permutation every epoch."""
