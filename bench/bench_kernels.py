@@ -95,11 +95,17 @@ def linear_methods(device):
         except ImportError:
             pass
         try:  # Liger's fused GRPO loss: with advantages 1 and beta 0 its gradient is −∂logp summed
+            # forward(_input (B, T, H), lin_weight, selected_token_ids (B, T), attention_mask (B, T), advantages (B,))
+            # as of liger-kernel 0.8.5; it chunks over sequences (chunk_size=1), so hand it 1024-token sequences
+            # as TRL does — one 64k-token "sequence" would make it build (64k, V) fp32 logits
             from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
             liger = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False)
 
             def liger_fn(h, w, t):
-                loss = liger(h[None], w, t[None], torch.ones_like(t[None]), torch.ones(1, device=h.device))
+                T = 1024 if h.shape[0] % 1024 == 0 else h.shape[0]
+                B = h.shape[0] // T
+                loss = liger(h.view(B, T, -1), w, t.view(B, T), torch.ones_like(t.view(B, T)),
+                             torch.ones(B, device=h.device))
                 return loss[0] if isinstance(loss, tuple) else loss
             methods["Liger LigerFusedLinearGRPOLoss"] = liger_fn
         except ImportError:
