@@ -48,7 +48,8 @@ class RunLogger(NullLogger):
         from tqdm import tqdm
         self.out = Path(out_dir)
         self.total, self.plot = total_steps, plot
-        self.jsonl = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
+        # a resumed run appends; a fresh run in an old directory starts the file over
+        self.jsonl = open(self.out / "metrics.jsonl", "a" if start_step else "w", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", file=sys.stderr,
                         dynamic_ncols=True)
         self.tb = None

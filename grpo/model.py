@@ -69,7 +69,8 @@ def _tiny_corpus() -> list[str]:
             texts += [m["content"] for m in rec["prompt"]] + [r["criterion"] for r in rec["rubrics"]]
             ideal = (rec.get("ideal_completions_data") or {}).get("ideal_completion")
             texts += [ideal] if ideal else []
-    return texts
+    # the local judge answers "yes" / "no" with one token each: make sure the toy vocabulary has them
+    return texts + ["Is the criterion met? Answer yes or no. yes no yes no"] * 40
 
 
 def _pretrain(model, tok, corpus: list, *, seed: int, steps: int = PRETRAIN_STEPS, seq_len: int = 48,

@@ -191,3 +191,29 @@ def test_gradient_checkpointing_changes_memory_not_math(tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
     assert [r["reward/mean"] for r in _metrics(tmp_path / "plain")] == [r["reward/mean"] for r in _metrics(tmp_path / "ckpt")]
+
+
+def test_openai_judge_over_http_matches_the_keyword_judge_and_caches(tmp_path):
+    """Training against an OpenAI-compatible server (loopback, grading by the keyword rule) gives exactly the rewards
+    of the offline keyword judge; a rerun pays nothing: every verdict comes from the sqlite cache."""
+    from rewards.testing_server import LoopbackJudgeServer
+    args = SMALL + ["--steps=2", "--save_every=2"]
+    main(args + ["--judge=keyword", f"--out={tmp_path / 'offline'}"])
+    with LoopbackJudgeServer() as server:
+        http = args + ["--judge=openai", "--judge_model=loopback", f"--judge_base_url={server.url}",
+                       f"--out={tmp_path / 'http'}"]
+        main(http)
+        requests = sum(server.attempts.values())
+        main(http)  # same seed, same completions: all cached
+        assert sum(server.attempts.values()) == requests > 0
+    offline, online = _metrics(tmp_path / "offline"), _metrics(tmp_path / "http")
+    assert [r["reward/mean"] for r in online] == [r["reward/mean"] for r in offline]
+    assert online[-1]["judge/cache_hits"] > 0 and online[-1]["judge/unknown"] == 0
+    assert "api_key" not in (tmp_path / "http" / "config.json").read_text()
+
+
+def test_local_judge_is_the_policy_with_its_adapter_off(tmp_path):
+    main(SMALL + ["--steps=1", "--judge=local", "--full_finetune=false", f"--out={tmp_path}"])
+    row = _metrics(tmp_path)[0]
+    assert row["judge/criteria"] > 0 and row["judge/unknown"] == 0  # one yes/no forward per criterion, all known
+    assert 0 <= row["reward/mean"] <= 20
