@@ -14,7 +14,7 @@ setup(
     package_data={"data": ["samples/*.jsonl", "samples/*.md"]},
     install_requires=[
         "torch>=2.4,<2.15",
-        "transformers>=4.51",  # Qwen3 architecture
+        "transformers>=4.56",  # Qwen3; from_pretrained(dtype=...)
         "peft>=0.14",
         "tokenizers>=0.20",
         "safetensors>=0.4",
