@@ -11,6 +11,7 @@ noise (`argmax(log p + Gumbel)` is an exact sample of softmax), so no `torch.mul
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +87,7 @@ def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p
         logp = logp.masked_fill(drop, float("-inf"))
     if min_p > 0.0:
         # keep tokens with p >= min_p * p_max (Nguyen et al. 2024): log p >= log p_max + log min_p
-        logp = logp.masked_fill(logp < logp.max(-1, keepdim=True).values + torch.log(torch.tensor(min_p)), float("-inf"))
+        logp = logp.masked_fill(logp < logp.max(-1, keepdim=True).values + math.log(min_p), float("-inf"))
     return logp
 
 
