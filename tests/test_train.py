@@ -208,6 +208,10 @@ def test_openai_judge_over_http_matches_the_keyword_judge_and_caches(tmp_path):
         requests = sum(server.attempts.values())
         main(http)  # same seed, same completions: all cached
         assert sum(server.attempts.values()) == requests > 0
+        main(args + ["--judge=openai", "--judge_model=loopback", f"--judge_base_url={server.url}",
+                     "--reward=rar_implicit", "--log_rewards=", f"--out={tmp_path / 'implicit'}"])
+    implicit = _metrics(tmp_path / "implicit")  # one 1–10 rating per sample → (rating − 1) / 9
+    assert all(0 <= r["reward/mean"] <= 1 and "reward/rar_implicit/mean" in r for r in implicit)
     offline, online = _metrics(tmp_path / "offline"), _metrics(tmp_path / "http")
     assert [r["reward/mean"] for r in online] == [r["reward/mean"] for r in offline]
     assert online[-1]["judge/cache_hits"] > 0 and online[-1]["judge/unknown"] == 0
