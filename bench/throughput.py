@@ -63,7 +63,7 @@ LABELS = {"prefill": "prefill", "decode": "decode", "rollout": "rollout", "judge
 PEAK_BF16_TFLOPS = [("H200 NVL", 835.0), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
                     ("RTX PRO 6000", 503.8), ("A100", 312.0), ("L40S", 362.1), ("RTX 6000 Ada", 364.2)]
 # Per-shape defaults. Big shapes: the paper's run (grpo.config preset qwen3-14b-rtx6000); tiny: seconds on a CPU.
-PAPER = dict(prompts=8, G=6, prompt_len=256, completion_len=1024, micro_batch=6, rollout_batch=24, lora_r=16)
+PAPER = dict(prompts=8, G=6, prompt_len=512, completion_len=1024, micro_batch=6, rollout_batch=24, lora_r=16)
 DEFAULTS = {"tiny": dict(prompts=2, G=4, prompt_len=32, completion_len=32, micro_batch=4, rollout_batch=0, lora_r=16)}
 
 
