@@ -24,7 +24,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "gpu": ["flash-attn>=2.6", "triton>=3.0"],
+        "gpu": ["flash-attn>=2.6", "triton>=3.0", "accelerate>=1.0"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "triton>=3.0", "scipy>=1.10"],
     },
 )

@@ -157,8 +157,11 @@ def load_model(name_or_path: str, *, adapter: str | None = None, dtype: torch.dt
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention_implementation(device))
-    model.to(device)
+    # on a GPU load straight onto it (accelerate's device_map): a 14B model never makes a 30 GB stop in host memory
+    placement = {"device_map": {"": device}} if device.type == "cuda" else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention_implementation(device),
+                                                 **placement)
+    model.to(device)  # no-op when already there
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
