@@ -22,17 +22,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from grpo.dist import PolicyLogprobs, is_sharded
+from grpo.dist import is_sharded, unwrap
 from grpo.model import is_peft
 
 
 _FULL = dict(full_state_dict=True, cpu_offload=True)
-
-
-def _unwrap(model):
-    """The HF/PEFT model inside a dist.PolicyLogprobs (DDP-wrapped or FSDP-sharded), or the model itself."""
-    model = model.module if hasattr(model, "module") else model  # DDP
-    return model.model if isinstance(model, PolicyLogprobs) else model
 
 
 def save(run_dir: str | Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int = 2,
@@ -51,7 +45,7 @@ def save(run_dir: str | Path, step: int, model, optimizer, scheduler, state: dic
     final = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f"step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    hf = _unwrap(model)
+    hf = unwrap(model)
     hf.save_pretrained(tmp / ("adapter" if is_peft(hf) else "model"), **({"state_dict": weights} if weights else {}))
     torch.save(optim_state if optim_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -76,7 +70,7 @@ def load(ckpt: str | Path, model, optimizer, scheduler) -> dict:
     ckpt = Path(ckpt)
     if not (ckpt / "state.json").exists():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint (no state.json); pass a checkpoints/step-NNNNNN dir")
-    hf = _unwrap(model)
+    hf = unwrap(model)
     optim_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
     if is_peft(hf):
         from peft import set_peft_model_state_dict

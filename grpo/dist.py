@@ -92,8 +92,9 @@ def parallelize(model, mode: str) -> torch.nn.Module:
 
 
 def unwrap(policy) -> torch.nn.Module:
-    """The HF (or PEFT) model inside a PolicyLogprobs, DDP-wrapped or not."""
-    return (policy.module if hasattr(policy, "module") else policy).model
+    """The HF (or PEFT) model inside a PolicyLogprobs (DDP-wrapped, FSDP-sharded or bare), or the model itself."""
+    policy = policy.module if hasattr(policy, "module") else policy  # DDP
+    return policy.model if isinstance(policy, PolicyLogprobs) else policy
 
 
 def is_sharded(policy) -> bool:

@@ -16,6 +16,7 @@ sampling noise is keyed by (seed, sequence), so a resumed or multi-process run d
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import random
@@ -128,16 +129,21 @@ def main(argv: list) -> None:
         with dist.root_unsharded(policy):  # FSDP2: the head weight gathered
             log.write(f"kernel self-check: {check_kernels(model.get_output_embeddings().weight)}")
 
+    @functools.lru_cache(maxsize=2)  # a step spans at most two epochs
+    def epoch_order(epoch: int) -> list:
+        return torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).tolist()
+
     def next_prompts():
         """This rank's slice of the next B prompts of the global stream: a fresh permutation every epoch."""
         nonlocal cursor
-        picked = []
-        for k in range(cursor + rank * B_r, cursor + (rank + 1) * B_r):
-            epoch, i = divmod(k, len(samples))
-            order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            picked.append((k, samples[int(order[i])]))
+        picked = [(k, samples[epoch_order(k // len(samples))[k % len(samples)]])
+                  for k in range(cursor + rank * B_r, cursor + (rank + 1) * B_r)]
         cursor += cfg.prompts_per_step
         return picked
+
+    def frac_zero_std(rewards) -> float:
+        """Fraction of all B groups (every rank) whose rewards (B_r, G) are all equal: no GRPO signal."""
+        return dist.all_reduce_sum(zero_std_groups(rewards).float().sum()).item() / cfg.prompts_per_step  # sync
 
     def rollout_and_score(picked):
         """Sample G completions per prompt, grade them, return (rollouts, rewards (B_r, G) NaN = unknown, extras)."""
@@ -166,7 +172,7 @@ def main(argv: list) -> None:
         t_step = time.perf_counter()
         # ---- rollout + judge; DAPO dynamic sampling swaps zero-variance groups for fresh prompts ----
         roll, scores, extra = rollout_and_score(next_prompts())
-        frac_zero = dist.all_reduce_sum(zero_std_groups(scores[cfg.reward]).float().sum()).item() / cfg.prompts_per_step
+        frac_zero = frac_zero_std(scores[cfg.reward])
         if cfg.dynamic_sampling:  # groups as (rollouts, scores, index); varied first, zero-variance fillers last
             zero = zero_std_groups(scores[cfg.reward]).tolist()
             varied = [(roll, scores, b) for b in range(B_r) if not zero[b]]
@@ -180,10 +186,10 @@ def main(argv: list) -> None:
             pool = (varied + fillers)[:B_r]  # fillers only if rounds ran out; their advantage is 0
             roll = concat_groups([(r, b) for r, _, b in pool], tokenizer.pad_token_id)
             scores = {k: torch.stack([s[k][b] for _, s, b in pool]) for k in scores}
-            extra["dynamic/zero_std_after"] = dist.all_reduce_sum(
-                zero_std_groups(scores[cfg.reward]).float().sum()).item() / cfg.prompts_per_step
+            extra["dynamic/zero_std_after"] = frac_zero_std(scores[cfg.reward])
         rewards = scores[cfg.reward]                                              # (B_r, G), NaN = unknown
-        all_rewards = dist.all_gather_cat(rewards)                                # (B, G)
+        gathered = {k: dist.all_gather_cat(v) for k, v in scores.items()}        # each (B, G), all ranks
+        all_rewards = gathered[cfg.reward]                                        # (B, G)
         adv_all = group_advantages(all_rewards, scale=cfg.adv_scale)              # (B, G)
         advantages = adv_all[rank * B_r:(rank + 1) * B_r].reshape(-1).to(device)  # (B_r*G,)
         valid_seq = ~torch.isnan(rewards.reshape(-1)).to(device)                  # unknown reward ⇒ masked out
@@ -245,8 +251,8 @@ def main(argv: list) -> None:
             "reward/std": finite.std().item() if finite.numel() > 1 else 0.0,
             "reward/unknown_frac": torch.isnan(all_rewards).float().mean().item(),
             "frac_reward_zero_std": frac_zero,
-            **{f"reward/{k}/mean": float(np.nanmean(dist.all_gather_cat(v).numpy())) if not torch.isnan(v).all()
-               else float("nan") for k, v in scores.items()},
+            **{f"reward/{k}/mean": float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")
+               for k, v in gathered.items()},
             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped,
             "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
             "time/step": t_end - t_step,
