@@ -1,16 +1,27 @@
-"""Heart filter: a cardiology lexicon with word-boundary matching, mapped to the paper's 14 themes.
+"""Heart filter: a cardiology lexicon with word-boundary matching and a little context, mapped to the paper's 14 themes.
 
     python -m data.heart "I take warfarin for atrial fibrillation"      # prints the label
+    python -m data.heart --eval                                         # P/R on the labelled sets (95 % Wilson)
 
 `classify(text)` sums the weights of the matched terms; a text is heart-related when the score reaches `THRESHOLD`.
-Ambiguous words ("heart" alone, "pulse", "stroke", "aspirin") weigh less than specific terms, so one of them alone
-does not make a text heart-related. Abbreviations (MI, AF, BP, HF, ...) match case-sensitively, words do not.
-Precision/recall on a hand-labelled development set is in docs/data.md (tests/test_heart.py recomputes it).
-An LLM classifier with the paper's keyword verification is `llm_classify` (same OpenAI-compatible client as the judge).
+Context changes a term's weight before it is summed (each rule is a named regex below, so a miss can be traced):
+- idioms are masked first: "heartburn", "by heart", "heart of the matter", "heart-to-heart", "cardio" workouts;
+- negation: a term after "no / denies / without / sin / ni / pas de ..." in the same clause counts 0, and so does a
+  measurement called normal ("normal blood pressure", "ECG was normal");
+- background: a disease named after "history of" or in a vignette's "N-year-old ... with A, B and C presents ..."
+  comorbidity list counts 0.3 (three such names are still not enough), so a gastroparesis question about a patient
+  with hypertension is not heart-related; a text to translate counts half;
+- chest pain next to cough / fever / pleuritic / ribs / trauma counts 0.4, and chest symptoms together with exertion,
+  breathlessness, radiation to arm or jaw or sweating add a combination bonus (the classic angina pattern).
+Abbreviations (MI, AF, BP, HF, ...) match case-sensitively, words do not. Each distinct term counts once.
+Precision/recall on the hand-labelled sets is in docs/data.md (tests/test_heart.py recomputes it). The paper's LLM
+classifier with keyword verification is `llm_classify` (see data/build.py --classifier llm).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -28,56 +39,86 @@ THRESHOLD = 1.0
 # theme -> {term: weight}. Terms are regex fragments matched on word boundaries; "s?" plurals are added for words.
 _WORDS = {
     "cardiac_medications": {
-        "statin": 1, "atorvastatin": 1, "rosuvastatin": 1, "simvastatin": 1, "anticoagulant": 1, "anticoagulation": 1,
-        "blood thinner": 1, "warfarin": 1, "apixaban": 1, "rivaroxaban": 1, "dabigatran": 1, "edoxaban": 1,
-        "clopidogrel": 1, "ticagrelor": 1, "antiplatelet": 1, "beta[- ]blocker": 1, "metoprolol": 1, "bisoprolol": 1,
-        "carvedilol": 1, "atenolol": 1, "ace inhibitor": 1, "lisinopril": 1, "ramipril": 1, "enalapril": 1,
-        "losartan": 1, "valsartan": 1, "amlodipine": 1, "digoxin": 1, "amiodarone": 1, "nitroglycerine?": 1,
-        "sacubitril": 1, "entresto": 1, "spironolactone": 0.5, "furosemide": 0.5, "diuretic": 0.5, "aspirin": 0.5,
-        "propranolol": 0.5,
+        "statin": 1, "atorvastatin": 1, "rosuvastatin": 1, "simvastatin": 1, "pravastatin": 1, "ezetimibe": 1,
+        "pcsk9 inhibitor": 1, "evolocumab": 1, "alirocumab": 1, "fenofibrate": 0.5,
+        "anticoagulant": 0.5, "anticoagulation": 1, "blood thinner": 1, "warfarin": 1, "coumadin": 1, "apixaban": 1,
+        "eliquis": 1, "rivaroxaban": 1, "xarelto": 1, "dabigatran": 1, "edoxaban": 1, "heparin": 0.5,
+        "enoxaparin": 0.5, "clopidogrel": 1, "plavix": 1, "ticagrelor": 1, "prasugrel": 1, "antiplatelet": 1,
+        "beta[- ]?blocker": 1, "metoprolol": 1, "bisoprolol": 1, "carvedilol": 1, "atenolol": 1, "nebivolol": 1,
+        "labetalol": 1, "propranolol": 0.5, "ace[- ]inhibitor": 1, "lisinopril": 1, "ramipril": 1, "enalapril": 1,
+        "perindopril": 1, "captopril": 1, "énalapril": 1, "losartan": 1, "valsartan": 1, "candesartan": 1,
+        "irbesartan": 1, "telmisartan": 1, "olmesartan": 1, "angiotensin receptor blocker": 1,
+        "calcium[- ]channel blocker": 1, "amlodipine": 1, "amlodipino": 1, "nifedipine": 1, "diltiazem": 1,
+        "verapamil": 1, "hydralazine": 1, "clonidine": 0.5, "chlorthalidone": 1, "hydrochlorothiazide": 0.5,
+        "thiazide": 0.5, "digoxin": 1, "amiodarone": 1, "sotalol": 1, "flecainide": 1, "dronedarone": 1,
+        "dofetilide": 1, "propafenone": 1, "antiarrhythmic": 1, "ivabradine": 1, "ranolazine": 1,
+        "isosorbide": 1, "nitroglycerine?": 1, "nitrates?": 0.5, "sacubitril": 1, "entresto": 1,
+        "spironolactone": 0.5, "eplerenone": 0.5, "furosemide": 0.5, "bumetanide": 0.5, "diuretic": 0.5,
+        "aspirin": 0.5, "sglt2 inhibitor": 0.5, "empagliflozin": 0.5, "dapagliflozin": 0.5, "thrombolytic": 0.5,
+        "streptokinase": 1, "alteplase": 0.5, "tenecteplase": 1,
     },
-    "cardiomyopathy": {"cardiomyopathy": 1, "cardiomyopathies": 1, "myocarditis": 1, "takotsubo": 1},
+    "cardiomyopathy": {"cardiomyopath(?:y|ies)": 1, "myocarditis": 1, "takotsubo": 1, "septal hypertrophy": 1,
+                       "broken heart syndrome": 1, "ventricular hypertrophy": 1},
     "cardiovascular_disease": {
-        "cardiovascular": 1, "heart disease": 1, "cardiac": 1, "cardiologist": 1, "cardiology": 1, "heart": 0.5,
-        "cardiac arrest": 1, "cardiopulmonary": 1, "pericarditis": 1, "endocarditis": 1, "atherosclerosis": 1,
-        "peripheral arter(?:y|ial) disease": 1, "aortic": 1, "aorta": 1, "echocardiogram": 1, "stroke": 0.5,
-        "deep vein thrombosis": 0.5, "pulmonary embolism": 0.5, "aneurysm": 0.5, "vascular": 0.5,
-        "cholesterol": 0.5, "hypotension": 0.5, "circulation": 0.5,
+        "cardiovascular": 1, "heart disease": 1, "heart problem": 1, "heart condition": 1, "cardiac": 1,
+        "cardiologist": 1, "cardiology": 1, "heart": 1, "ticker": 1, "heart surgery": 1,
+        "heart health": 1, "cardiac arrest": 1, "cardiopulmonary": 1, "pericarditis": 1, "endocarditis": 1,
+        "pericardial": 1, "atherosclerosis": 1, "arteriosclerosis": 1, "claudication": 1,
+        "peripheral arter(?:y|ial) disease": 1, "aortic": 1, "aorta": 1, "echocardiograms?": 1,
+        "echocardiography": 1, "echo": 0.5, "stroke": 0.5, "deep vein thrombosis": 0.5, "pulmonary embolism": 0.5,
+        "aneurysm": 0.5, "vascular": 0.5, "cholesterol": 0.5, "hypotension": 0.5, "circulation": 0.5,
+        "poor circulation": 1, "(?:collapsed|unresponsive)[^.?!\n]{0,30}not breathing": 1, "(?:blocked|clogged) arter(?:y|ies)": 1, "resuscitation": 0.5,
         # a few cardiology words in the languages of the HealthBench sample
-        "cardiaque": 1, "cardíac[oa]": 1, "coração": 1, "corazón": 1, "herz": 0.5,
+        "cardiaque": 1, "cardíac[oa]": 1, "coração": 1, "corazón": 1, "cœur": 1, "coeur": 1, "herz": 1,
+        "herzinfarkt": 1, "cardiovasculaire": 1,
     },
     "cv_risk_factors": {
-        "hyperlipidemia": 1, "dyslipidemia": 1, "hypercholesterolemia": 1, "triglycerides": 0.5, "ascvd": 1,
-        "framingham": 1, "cardiovascular risk": 1,
+        "hyperlipid(?:a|e)mia": 1, "dyslipid(?:a|e)mia": 1, "hypercholesterol(?:a|e)mia": 1, "triglycerides?": 0.5,
+        "ascvd": 1, "framingham": 1, "cardiovascular risk": 1, "high cholesterol": 1, "lipid panel": 1,
+        "lipid profile": 1, "lipoprotein": 1, "cholestérol": 0.5, "colesterol": 0.5,
     },
     "chest_pain": {"chest pain": 1, "chest tightness": 1, "chest pressure": 1, "chest discomfort": 1, "angina": 1,
-                   "tight chest": 1},
+                   "tight chest": 1, "chest heaviness": 1, "pain in (?:my|the|his|her) chest": 1,
+                   "pressure in (?:my|the|his|her) chest": 1, "dolor (?:en el|de) pecho": 1,
+                   "douleurs? (?:thoracique|à la poitrine)s?": 1, "dor no peito": 1, "brustschmerzen": 1},
     "congenital_hd": {"congenital heart": 1, "septal defect": 1, "tetralogy of fallot": 1, "patent foramen ovale": 1,
-                      "coarctation": 1, "hole in the heart": 1, "ductus arteriosus": 1},
-    "cad": {"coronary": 1, "stent": 1, "angioplasty": 1, "bypass surgery": 0.5},
+                      "coarctation": 1, "hole in the heart": 1, "ductus arteriosus": 1, "blue baby": 1},
+    "cad": {"coronary": 1, "stent": 1, "angioplasty": 1, "bypass surgery": 0.5, "heart bypass": 1,
+            "cardiac catheteri[sz]ation": 1, "catheter ablation": 0.5, "angiogram": 0.5, "stress test": 1,
+            "blockage in (?:an|one|two|my|the) arter(?:y|ies)": 1},
     "ecg_interpretation": {"electrocardiogram": 1, "qtc?": 1, "st[- ]elevation": 1, "st[- ]depression": 1,
-                           "t[- ]wave": 1, "qrs": 1, "holter": 1, "sinus rhythm": 1},
-    "heart_attack": {"heart attack": 1, "myocardial infarction": 1, "acute coronary syndrome": 1, "troponin": 1},
+                           "t[- ]wave": 1, "qrs": 1, "holter": 1, "sinus rhythm": 1, "axis deviation": 1,
+                           "av block": 1, "bundle branch block": 1},
+    "heart_attack": {"heart attack": 1, "myocardial infarction": 1, "acute coronary syndrome": 1, "troponin": 1,
+                     "infarto": 1, "infarctus": 1},
     "heart_failure": {"heart failure": 1, "ejection fraction": 1, "cardiac output": 1, "nt-probnp": 1,
-                      "orthopnea": 1, "bnp": 1},
-    "palpitations": {"palpitation": 1, "heart racing": 1, "racing heart": 1, "skipp?ed (?:a )?beat": 1,
-                     "heart skipping": 1, "pounding heart": 1, "heart pounding": 1, "fluttering": 0.5},
+                      "orthopn(?:o|e)a": 1, "bnp": 1, "swollen ankles": 0.5, "ankles? (?:are |is )?swollen": 0.5,
+                      "ankle swelling": 0.5, "(?:two|three|four|several|extra) pillows": 0.5,
+                      "(?:breathe|breathless|short of breath) when I lie (?:down|flat)": 0.75,
+                      "insuficiencia cardíaca": 1, "insuffisance cardiaque": 1},
+    "palpitations": {"palpitation": 1, "heart racing": 1, "racing heart": 1, "heart races": 1,
+                     "skip(?:s|ped|ping)? (?:a )?beats?": 1, "skipp?ed beats?": 1, "heart skipping": 1,
+                     "pounding heart": 1, "heart pounding": 1, "fluttering": 0.5, "irregular heartbeat": 1,
+                     "irregular pulse": 1, "pulse (?:goes|is|was|feels) irregular": 1, "heartbeat": 1},
     "arrhythmia": {
-        "arrhythmia": 1, "arrhythmias": 1, "atrial fibrillation": 1, "a-?fib": 1, "atrial flutter": 1,
+        "arrhythmias?": 1, "atrial fibrillation": 1, "a-?fib": 1, "atrial flutter": 1,
         "tachycardia": 1, "bradycardia": 1, "ventricular fibrillation": 1, "pacemaker": 1, "defibrillator": 1,
-        "heart block": 1, "long qt": 1, "heart rate": 0.5, "syncope": 0.5, "fainting": 0.5, "ablation": 0.5,
-        "pulse": 0.3,
+        "heart block": 1, "long qt": 1, "heart rate": 1, "syncope": 1, "fainting": 0.5, "fainted": 0.5,
+        "passed out": 0.5, "losing consciousness": 0.5, "ablation": 0.5, "cardioversion": 1, "pulse": 0.3,
     },
     "valve_problems": {"aortic stenosis": 1, "mitral": 1, "murmur": 1, "tavr": 1, "tavi": 1, "valve replacement": 1,
-                       "heart valve": 1, "valvular": 1, "regurgitation": 0.3},
+                       "heart valve": 1, "valvular": 1, "regurgitation": 0.3, "(?:mechanical|tissue) valve": 1},
     "hypertension": {"hypertension": 1, "hypertensive": 1, "high blood pressure": 1, "blood pressure": 1,
                      "systolic": 1, "diastolic": 1, "mm ?hg": 0.5, "preeclampsia": 0.5, "hipertensi[oó]n": 1,
-                     "hipertensão": 1, "pressão arterial": 1, "presión arterial": 1, "tension artérielle": 1},
+                     "hipertensão": 1, "pressão arterial": 1, "presión arterial": 1, "tension artérielle": 1,
+                     "bluthochdruck": 1, "blutdruck": 1, "(?<!/)\\d{2,3}/\\d{2,3}(?![/\\d])": 0.5},
 }
 _ABBREVIATIONS = {  # case-sensitive
-    "cardiac_medications": {"DOACs?": 1, "NOACs?": 1, "ARBs?": 0.5, "INR": 0.5, "SGLT2i?": 0.5, "GTN": 1},
+    "cardiac_medications": {"DOACs?": 1, "NOACs?": 1, "ARBs?": 0.5, "INR": 0.5, "SGLT2i?": 0.5, "GTN": 1,
+                            "ACEi": 1, "CCBs?": 1},
     "cardiomyopathy": {"HCM": 1, "DCM": 1},
-    "cardiovascular_disease": {"CVD": 1, "PAD": 0.5, "DVT": 0.5, "CPR": 0.5, "AED": 0.5, "TIA": 0.5},
+    "cardiovascular_disease": {"CVD": 1, "PAD": 0.5, "DVT": 0.5, "CPR": 0.5, "AED": 0.5, "TIA": 0.5, "ACLS": 1,
+                               "TEE": 1, "TTE": 1},
     "cv_risk_factors": {"LDL": 0.5, "HDL": 0.5},
     "congenital_hd": {"ASD": 0.5, "VSD": 1, "PFO": 1, "PDA": 0.5},
     "cad": {"CAD": 1, "PCI": 1, "CABG": 1},
@@ -87,6 +128,12 @@ _ABBREVIATIONS = {  # case-sensitive
     "arrhythmia": {"AF": 1, "AFib": 1, "SVT": 1, "VT": 0.5, "VF": 0.5, "ICD": 0.5},
     "hypertension": {"HTN": 1, "BP": 1},
 }
+# Chronic diagnoses: in a background context (history of, comorbidity list) they describe the patient, not the question.
+_CONDITIONS = {"hypertension", "high blood pressure", "hyperlipid(?:a|e)mia", "dyslipid(?:a|e)mia", "heart failure",
+               "hypercholesterol(?:a|e)mia", "high cholesterol", "atrial fibrillation", "a-?fib", "heart disease",
+               "coronary", "cardiovascular", "stroke", "MI", "AF", "HTN", "HF", "CAD", "CHF", "CVD",
+               "myocardial infarction", "heart attack", "stent", "pacemaker", "cardiac", "obesity"}
+
 # Longer terms win a theme over the shorter terms they contain ("heart attack" counts once, not also as "heart").
 _ORDER = sorted(((t, th, w, False) for th, d in _WORDS.items() for t, w in d.items()), key=lambda x: -len(x[0])) + \
          [(t, th, w, True) for th, d in _ABBREVIATIONS.items() for t, w in d.items()]
@@ -94,39 +141,118 @@ _WORD_RE = [(re.compile(rf"(?<![\w-]){t}s?(?![\w])", re.IGNORECASE), t, th, w) f
 # "ICD-10" is a billing code, "AF" inside "AF-" ranges is rare; an abbreviation is not followed by "-<digit>".
 _ABBR_RE = [(re.compile(rf"(?<![\w-]){t}(?![\w]|-\d)"), t, th, w) for t, th, w, ab in _ORDER if ab]
 
+_I = re.IGNORECASE
+# Idioms and exercise talk: masked before matching, so their words match nothing.
+_IDIOMS = re.compile(
+    r"\bby heart\b|\b(?:at|in|to) the heart of\b|\bheart of the (?:matter|problem|issue)\b|\bheart[- ]to[- ]heart\b|"
+    r"\btake heart\b|\b(?:lose|lost) heart\b|\bheart'?s? (?:content|desire|set on)\b|\bsweet ?heart\b|"
+    r"\bbroken[- ]?heart(?:ed)?\b(?! syndrome)|\bheart ?felt\b|\bhalf[- ]hearted\b|\bkind[- ]hearted\b|"
+    r"\b(?:target |max(?:imum)? )?heart[- ]rate (?:zones?|monitors?|training)\b|\bcardio\b(?: (?:exercise|workouts?|"
+    r"classes?|routine|sessions?|machines?|training))?", _I)
+# Negation cue, then the rest of its clause (up to a clause break or a contrast word), at most 90 characters.
+_NEGATION = re.compile(
+    r"(?:\b(?:no(?!,| (?:idea|clue|matter|longer|doubt|wonder|reason|one|way)\b)|denies|denied|deny|denying|without|negative for|free of|never had|never been|nor|absence of|"
+    r"(?:do|does|did)(?: not|n't) have|not have|haven't had|hasn't had|sin|ni|pas de|sans|keine?n?|nega)\b)"
+    r"[^.;:!?\n]{0,90}?(?=$|[.;:!?\n]|\b(?:but|however|although|though|pero|mais|aber|except)\b)", _I)
+# A measurement or test called normal: "normal blood pressure", "BP is normal", "ECG was unremarkable".
+_NORMAL_BEFORE = re.compile(r"\b(?:normal|unremarkable)\s+(?:\w+\s+)?$", _I)
+_NORMAL_AFTER = re.compile(r"^\s*(?:is|was|are|were|remains?|has been|have been|came back)?\s*(?:completely\s+|always\s+"
+                           r"been\s+|always\s+)?(?:normal|fine|ok|okay|unremarkable|within normal limits|stable)\b", _I)
+# Background: "history of ...", and a vignette's comorbidity list "N-year-old <who> with ... <presents>".
+_HISTORY = re.compile(r"\b(?:history of|h/o|pmh|past medical history|known case of|antecedentes de|antécédents? d)"
+                      r"[^.;!?\n]{0,120}?(?=$|[.;!?\n]|\b(?:presents?|presented|comes?|came|is brought|was brought|"
+                      r"develops?|developed|who)\b)", _I)
+_VIGNETTE = re.compile(r"\b\d+[- ](?:year|month|week|day)s?[- ]old\b[^.;!?\n]{0,40}?\bwith\b[^.;!?\n]{0,120}?"
+                       r"(?=$|[.;!?\n]|\b(?:presents?|presented|comes?|came|is brought|was brought|develops?|developed|"
+                       r"falls?|fell|undergoes|is admitted|is seen|who)\b)", _I)
+_TRANSLATE = re.compile(r"\b(?:translate|translation|tradu[zc]\w*|tradui\w*|übersetz\w*)\b", _I)
+# Chest pain from the lungs, ribs or trauma, and the angina pattern that makes chest symptoms cardiac.
+_CHEST_OTHER = re.compile(r"\b(?:cough\w*|fever\w*|pleuritic|sputum|phlegm|hemoptysis|haemoptysis|pneumonia|rib|ribs|"
+                          r"fall|fell|fallen|press(?:ing)? on|tender\w*|breathe in|deep breath|sickle|wheez\w*|"
+                          r"asthma|tos|fiebre|toux)\b", _I)
+_CHEST_SYMPTOM = re.compile(r"\bchest\b[^.;!?\n]{0,25}?\b(?:hurt\w*|hrt\w*|pain\w*|ache\w*|tight\w*|pressure|heavy|"
+                            r"heaviness|squeez\w*|crush\w*|discomfort)|\b(?:pain|pressure|tightness|heaviness|"
+                            r"discomfort) in (?:my|the|his|her) chest\b|\bcrushing chest\b", _I)
+_CARDIAC_CONTEXT = re.compile(r"\b(?:exert\w*|uphill|stairs|climb\w*|walk\w*|exercis\w*|left arm|arm and jaw|jaw|"
+                              r"sweat\w*|clammy|short(?:ness)? of breath|breathless\w*|radiat\w*|at rest|crushing|"
+                              r"ticker|antacids?)\b", _I)
+_ANTICOAG_LAB = re.compile(r"\b(?:ESR|sedimentation|tubes?|EDTA|citrate|oxalate|vacutainer|specimen|blood sample)\b", _I)
+_BRAIN = re.compile(r"\b(?:brain|cerebral|head|headaches?|intracranial|berry)\b", _I)
+
+BACKGROUND_WEIGHT = 0.3  # a chronic diagnosis in the patient's background
+TRANSLATE_WEIGHT = 0.5   # a text handed over for translation is not the user's own question
+CHEST_OTHER_WEIGHT = 0.4  # chest pain with a respiratory / chest-wall explanation in the text
+ANGINA_BONUS = 1.0       # chest symptom + exertion, breathlessness, radiation or sweating
+
 
 @dataclass(frozen=True)
 class HeartLabel:
     related: bool
     theme: str | None  # a key of THEMES, or None when not related
-    terms: tuple = ()  # the matched surface strings, in order of first occurrence
+    terms: tuple = ()  # the matched surface strings that counted (weight > 0), in order of first occurrence
     score: float = 0.0
+
+
+def _spans(pattern: re.Pattern, text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+
+
+def _inside(pos: int, spans) -> bool:
+    return any(a <= pos < b for a, b in spans)
+
+
+def _weight(text: str, start: int, end: int, term: str, theme: str, weight: float, ctx: dict) -> float:
+    """A matched term's weight after the context rules of the module docstring."""
+    if _inside(start, ctx["negated"]):
+        return 0.0
+    if _NORMAL_BEFORE.search(text[max(0, start - 30):start]) or _NORMAL_AFTER.match(text[end:end + 50]):
+        return 0.0
+    if term.startswith("anticoagulant") and ctx["lab"]:
+        return 0.0  # the anticoagulant in a blood tube, not a drug
+    if term == "aneurysm" and ctx["brain"]:
+        return 0.0  # a brain aneurysm is cerebrovascular
+    if term in _CONDITIONS and _inside(start, ctx["background"]):
+        weight *= BACKGROUND_WEIGHT
+    if theme == "chest_pain" and ctx["chest_other"]:
+        weight *= CHEST_OTHER_WEIGHT
+    return weight * (TRANSLATE_WEIGHT if ctx["translate"] else 1.0)
 
 
 def classify(text: str, threshold: float = THRESHOLD) -> HeartLabel:
     """Lexicon label of one text. The theme is the one with the largest matched weight (ties: first matched)."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
+    # idioms become spaces (same length, so positions still index `text`)
+    text = _IDIOMS.sub(lambda m: " " * len(m.group(0)), text)
+    ctx = {"negated": _spans(_NEGATION, text), "background": _spans(_HISTORY, text) + _spans(_VIGNETTE, text),
+           "translate": bool(_TRANSLATE.search(text)), "chest_other": bool(_CHEST_OTHER.search(text)),
+           "lab": bool(_ANTICOAG_LAB.search(text)), "brain": bool(_BRAIN.search(text))}
     taken = [False] * len(text)  # characters already claimed by a longer term
-    hits = []  # (position, surface, theme, weight)
-    for pattern, _, theme, weight in _WORD_RE + _ABBR_RE:
+    hits = []  # (position, surface, theme, weight after context)
+    for pattern, term, theme, weight in _WORD_RE + _ABBR_RE:
         for m in pattern.finditer(text):
             if any(taken[m.start():m.end()]):
                 continue
             taken[m.start():m.end()] = [True] * (m.end() - m.start())
-            hits.append((m.start(), m.group(0), theme, weight))
+            hits.append((m.start(), m.group(0), theme, _weight(text, m.start(), m.end(), term, theme, weight, ctx)))
+    # the angina pattern: a chest symptom (lay words too) with exertion / breathlessness / radiation / sweating
+    chest = [m for m in _CHEST_SYMPTOM.finditer(text) if not _inside(m.start(), ctx["negated"])]
+    if chest and not ctx["chest_other"] and _CARDIAC_CONTEXT.search(text):
+        hits.append((chest[0].start(), chest[0].group(0) + " +context", "chest_pain", ANGINA_BONUS))
     hits.sort()
-    # the score counts each distinct term once, so a long text repeating "heart" is not heart-related by volume alone
-    distinct = {}
+    # the score counts each distinct term once (its largest weight), so a long text repeating "heart" is not
+    # heart-related by volume alone
+    distinct: dict[str, tuple[str, float]] = {}
     for _, surface, theme, weight in hits:
-        distinct.setdefault(surface.lower(), (theme, weight))
+        if weight > distinct.get(surface.lower(), ("", 0.0))[1]:
+            distinct[surface.lower()] = (theme, weight)
     score = sum(w for _, w in distinct.values())
     by_theme: dict[str, float] = {}
     for theme, w in distinct.values():
         by_theme[theme] = by_theme.get(theme, 0.0) + w
-    related = score >= threshold
+    related = score >= threshold - 1e-9
     theme = max(by_theme, key=lambda t: by_theme[t]) if related else None  # dict order = first occurrence on ties
-    terms = tuple(dict.fromkeys(s for _, s, _, _ in hits))
+    terms = tuple(dict.fromkeys(s for _, s, _, w in hits if w > 0))
     return HeartLabel(related, theme, terms, round(float(score), 6))
 
 
