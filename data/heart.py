@@ -84,7 +84,7 @@ _WORDS = {
     "congenital_hd": {"congenital heart": 1, "septal defect": 1, "tetralogy of fallot": 1, "patent foramen ovale": 1,
                       "coarctation": 1, "hole in the heart": 1, "ductus arteriosus": 1, "blue baby": 1},
     "cad": {"coronary": 1, "stent": 1, "angioplasty": 1, "bypass surgery": 0.5, "heart bypass": 1,
-            "cardiac catheteri[sz]ation": 1, "catheter ablation": 0.5, "angiogram": 0.5, "stress test": 1,
+            "cardiac catheteri[sz]ation": 1, "catheter ablation": 0.5, "(?<!pulmonary )(?<!CT )angiogram": 0.5, "stress test": 1,
             "blockage in (?:an|one|two|my|the) arter(?:y|ies)": 1},
     "ecg_interpretation": {"electrocardiogram": 1, "qtc?": 1, "st[- ]elevation": 1, "st[- ]depression": 1,
                            "t[- ]wave": 1, "qrs": 1, "holter": 1, "sinus rhythm": 1, "axis deviation": 1,
@@ -155,9 +155,10 @@ _NEGATION = re.compile(
     r"(?:do|does|did)(?: not|n't) have|not have|haven't had|hasn't had|sin|ni|pas de|sans|keine?n?|nega)\b)"
     r"[^.;:!?\n]{0,90}?(?=$|[.;:!?\n]|\b(?:but|however|although|though|pero|mais|aber|except)\b)", _I)
 # A measurement or test called normal: "normal blood pressure", "BP is normal", "ECG was unremarkable".
-_NORMAL_BEFORE = re.compile(r"\b(?:normal|unremarkable)\s+(?:\w+\s+)?$", _I)
-_NORMAL_AFTER = re.compile(r"^\s*(?:is|was|are|were|remains?|has been|have been|came back)?\s*(?:completely\s+|always\s+"
-                           r"been\s+|always\s+)?(?:normal|fine|ok|okay|unremarkable|within normal limits|stable)\b", _I)
+_NORMAL_BEFORE = re.compile(r"\b(?:normal|unremarkable)\s+(?:\w+\s+)?(?:(?:blood pressure|BP|heart rate|pulse|ECG|"
+                            r"EKG|vitals|vital signs|rhythm)\s*(?:and|or|,)\s*)?$", _I)
+_NORMAL_AFTER = re.compile(r"^\s*(?:is|was|are|were|remains?|has|have|came back)?\s*(?:always\s+|completely\s+|"
+                           r"been\s+)*(?:normal|fine|ok|okay|unremarkable|within normal limits|stable)\b", _I)
 # Background: "history of ...", and a vignette's comorbidity list "N-year-old <who> with ... <presents>".
 _HISTORY = re.compile(r"\b(?:history of|h/o|pmh|past medical history|known case of|antecedentes de|antécédents? d)"
                       r"[^.;!?\n]{0,120}?(?=$|[.;!?\n]|\b(?:presents?|presented|comes?|came|is brought|was brought|"
