@@ -226,8 +226,10 @@ def classify(text: str, threshold: float = THRESHOLD) -> HeartLabel:
         text = "" if text is None else str(text)
     # idioms become spaces (same length, so positions still index `text`)
     text = _IDIOMS.sub(lambda m: " " * len(m.group(0)), text)
-    ctx = {"negated": _spans(_NEGATION, text), "background": _spans(_HISTORY, text) + _spans(_VIGNETTE, text),
-           "translate": bool(_TRANSLATE.search(text)), "chest_other": bool(_CHEST_OTHER.search(text)),
+    negated = _spans(_NEGATION, text)
+    ctx = {"negated": negated, "background": _spans(_HISTORY, text) + _spans(_VIGNETTE, text),
+           "translate": bool(_TRANSLATE.search(text)),  # below: a denied cough or fever explains no chest pain
+           "chest_other": any(not _inside(m.start(), negated) for m in _CHEST_OTHER.finditer(text)),
            "lab": bool(_ANTICOAG_LAB.search(text)), "brain": bool(_BRAIN.search(text))}
     taken = [False] * len(text)  # characters already claimed by a longer term
     hits = []  # (position, surface, theme, weight after context)

@@ -63,7 +63,9 @@ class LoopbackJudgeServer:
     `max_in_flight`, `completions` (graded completion texts, in arrival order), `auth` (Authorization headers seen).
     """
 
-    def __init__(self, latency: float = 0.0, faults=None, slow_s: float = 1.0, retry_after: float = 0.05):
+    def __init__(self, latency: float = 0.0, faults=None, slow_s: float = 1.0, retry_after: float = 0.05,
+                 answer=answer):  # answer(messages) -> (reply text, graded text): another task's replies
+        self.answer = answer
         self.latency, self.faults, self.slow_s, self.retry_after = latency, faults or (lambda key, attempt: None), slow_s, retry_after
         self.attempts, self.answered, self.served = Counter(), Counter(), Counter()
         self.arrivals: dict[str, list[float]] = {}
@@ -156,7 +158,7 @@ class LoopbackJudgeServer:
                 if fault in ("500", "500_backoff"):
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}},
                                       {"retry-after-ms": "10"} if fault == "500" else {})
-                text, completion = answer(messages)
+                text, completion = server.answer(messages)
                 if fault == "slow":
                     time.sleep(server.slow_s)
                 elif fault == "bad_json":
