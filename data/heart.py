@@ -68,7 +68,8 @@ _WORDS = {
         "peripheral arter(?:y|ial) disease": 1, "aortic": 1, "aorta": 1, "echocardiograms?": 1,
         "echocardiography": 1, "echo": 0.5, "stroke": 0.5, "deep vein thrombosis": 0.5, "pulmonary embolism": 0.5,
         "aneurysm": 0.5, "vascular": 0.5, "cholesterol": 0.5, "hypotension": 0.5, "circulation": 0.5,
-        "poor circulation": 1, "(?:collapsed|unresponsive)[^.?!\n]{0,30}not breathing": 1, "(?:blocked|clogged) arter(?:y|ies)": 1, "resuscitation": 0.5,
+        "poor circulation": 1, "(?:blocked|clogged) arter(?:y|ies)": 1, "resuscitation": 0.5,
+        "(?:collapsed|unresponsive)[^.?!\n]{0,30}not breathing": 1,  # a cardiac arrest in lay words
         # a few cardiology words in the languages of the HealthBench sample
         "cardiaque": 1, "cardíac[oa]": 1, "coração": 1, "corazón": 1, "cœur": 1, "coeur": 1, "herz": 1,
         "herzinfarkt": 1, "cardiovasculaire": 1,
@@ -85,8 +86,8 @@ _WORDS = {
     "congenital_hd": {"congenital heart": 1, "septal defect": 1, "tetralogy of fallot": 1, "patent foramen ovale": 1,
                       "coarctation": 1, "hole in the heart": 1, "ductus arteriosus": 1, "blue baby": 1},
     "cad": {"coronary": 1, "stent": 1, "angioplasty": 1, "bypass surgery": 0.5, "heart bypass": 1,
-            "cardiac catheteri[sz]ation": 1, "catheter ablation": 0.5, "(?<!pulmonary )(?<!CT )angiogram": 0.5, "stress test": 1,
-            "blockage in (?:an|one|two|my|the) arter(?:y|ies)": 1},
+            "cardiac catheteri[sz]ation": 1, "catheter ablation": 0.5, "(?<!pulmonary )(?<!CT )angiogram": 0.5,
+            "stress test": 1, "blockage in (?:an|one|two|my|the) arter(?:y|ies)": 1},
     "ecg_interpretation": {"electrocardiogram": 1, "qtc?": 1, "st[- ]elevation": 1, "st[- ]depression": 1,
                            "t[- ]wave": 1, "qrs": 1, "holter": 1, "sinus rhythm": 1, "axis deviation": 1,
                            "av block": 1, "bundle branch block": 1},
@@ -133,7 +134,7 @@ _ABBREVIATIONS = {  # case-sensitive
 _CONDITIONS = {"hypertension", "high blood pressure", "hyperlipid(?:a|e)mia", "dyslipid(?:a|e)mia", "heart failure",
                "hypercholesterol(?:a|e)mia", "high cholesterol", "atrial fibrillation", "a-?fib", "heart disease",
                "coronary", "cardiovascular", "stroke", "MI", "AF", "HTN", "HF", "CAD", "CHF", "CVD",
-               "myocardial infarction", "heart attack", "stent", "pacemaker", "cardiac", "obesity"}
+               "myocardial infarction", "heart attack", "stent", "pacemaker", "cardiac"}
 
 # Longer terms win a theme over the shorter terms they contain ("heart attack" counts once, not also as "heart").
 _ORDER = sorted(((t, th, w, False) for th, d in _WORDS.items() for t, w in d.items()), key=lambda x: -len(x[0])) + \
@@ -152,7 +153,8 @@ _IDIOMS = re.compile(
     r"classes?|routine|sessions?|machines?|training))?", _I)
 # Negation cue, then the rest of its clause (up to a clause break or a contrast word), at most 90 characters.
 _NEGATION = re.compile(
-    r"(?:\b(?:no(?!,| (?:idea|clue|matter|longer|doubt|wonder|reason|one|way)\b)|denies|denied|deny|denying|without|negative for|free of|never had|never been|nor|absence of|"
+    r"(?:\b(?:no(?!,| (?:idea|clue|matter|longer|doubt|wonder|reason|one|way)\b)|denies|denied|deny|denying|"
+    r"without|negative for|free of|never had|never been|nor|absence of|"
     r"(?:do|does|did)(?: not|n't) have|not have|haven't had|hasn't had|sin|ni|pas de|sans|keine?n?|nega)\b)"
     r"[^.;:!?\n]{0,90}?(?=$|[.;:!?\n]|\b(?:but|however|although|though|pero|mais|aber|except)\b)", _I)
 # A measurement or test called normal: "normal blood pressure", "BP is normal", "ECG was unremarkable".
@@ -178,7 +180,8 @@ _CHEST_SYMPTOM = re.compile(r"\bchest\b[^.;!?\n]{0,25}?\b(?:hurt\w*|hrt\w*|pain\
 _CARDIAC_CONTEXT = re.compile(r"\b(?:exert\w*|uphill|stairs|climb\w*|walk\w*|exercis\w*|left arm|arm and jaw|jaw|"
                               r"sweat\w*|clammy|short(?:ness)? of breath|breathless\w*|radiat\w*|at rest|crushing|"
                               r"ticker|antacids?)\b", _I)
-_ANTICOAG_LAB = re.compile(r"\b(?:ESR|sedimentation|tubes?|EDTA|citrate|oxalate|vacutainer|specimen|blood sample)\b", _I)
+_ANTICOAG_LAB = re.compile(r"\b(?:ESR|sedimentation|tubes?|EDTA|citrate|oxalate|vacutainer|specimen|blood sample)\b",
+                           _I)
 _BRAIN = re.compile(r"\b(?:brain|cerebral|head|headaches?|intracranial|berry)\b", _I)
 
 BACKGROUND_WEIGHT = 0.3  # a chronic diagnosis in the patient's background
@@ -263,10 +266,11 @@ def classify(text: str, threshold: float = THRESHOLD) -> HeartLabel:
 def sample_text(sample) -> str:
     """What the filter reads for a Sample: the user's turns (assistant turns are model text that may list heart
     conditions as differentials for an unrelated question; the rubric is not part of the question)."""
-    return "\n".join(m["content"] for m in sample.prompt if m.get("role") == "user" and isinstance(m.get("content"), str))
+    return "\n".join(m["content"] for m in sample.prompt
+                     if m.get("role") == "user" and isinstance(m.get("content"), str))
 
 
-# ---- the paper's LLM classifier, with the lexicon as a recall-oriented pre-filter -------------------------------------
+# ---- the paper's LLM classifier, with the lexicon as a recall-oriented pre-filter ---------------------------------
 
 PREFILTER = 0.3  # lexicon score from which a text goes to the LLM (below THRESHOLD: the LLM decides the borderline)
 LLM_PROMPT_VERSION = "heart-v1"  # part of every cache key: bump it when LLM_SYSTEM changes
@@ -400,9 +404,11 @@ def labelled_sets(shared_data) -> dict[str, list[tuple[str, str, bool]]]:
     synthetic = [json.loads(line) for line in (here / "heart_synthetic_labels.jsonl").read_text().splitlines() if line]
     sets: dict[str, list] = {"real/dev": [], "real/heldout": [], "synthetic/dev": [], "synthetic/heldout": []}
     for lab in labels:
-        sets["real/" + ("heldout" if heldout(lab["id"]) else "dev")].append((lab["id"], texts[lab["id"]], lab["related"]))
+        part = "heldout" if heldout(lab["id"]) else "dev"
+        sets[f"real/{part}"].append((lab["id"], texts[lab["id"]], lab["related"]))
     for row in synthetic:
-        sets["synthetic/" + ("heldout" if heldout(row["id"]) else "dev")].append((row["id"], row["text"], row["related"]))
+        part = "heldout" if heldout(row["id"]) else "dev"
+        sets[f"synthetic/{part}"].append((row["id"], row["text"], row["related"]))
     return sets
 
 

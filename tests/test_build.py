@@ -17,7 +17,8 @@ from data.heart import PREFILTER, THEMES, classify, llm_messages
 from rewards.testing_server import LoopbackJudgeServer
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC = [json.loads(line) for line in (ROOT / "data" / "samples" / "heart_synthetic_labels.jsonl").read_text().splitlines()]
+LABELS = ROOT / "data" / "samples" / "heart_synthetic_labels.jsonl"
+SYNTHETIC = [json.loads(line) for line in LABELS.read_text().splitlines()]
 BY_TEXT = {r["text"]: r for r in SYNTHETIC}
 TRUE = {r["id"] for r in SYNTHETIC if r["related"]}
 CANDIDATES = {r["id"] for r in SYNTHETIC if classify(r["text"]).score >= PREFILTER}
@@ -30,7 +31,8 @@ def rar_file(tmp_path):
     rubric = [{"description": f"Mentions point {i}", "title": f"p{i}", "weight": 5 - i} for i in range(4)]
     with open(path, "w") as f:
         for r in SYNTHETIC:
-            f.write(json.dumps({"id": r["id"], "question": r["text"], "reference_answer": "-", "rubric": rubric}) + "\n")
+            row = {"id": r["id"], "question": r["text"], "reference_answer": "-", "rubric": rubric}
+            f.write(json.dumps(row) + "\n")
     return path
 
 
@@ -41,7 +43,8 @@ def oracle(messages, hallucinate=()):
     row = BY_TEXT[question]
     if row["id"] in hallucinate:  # says "heart" whatever the truth, citing a word that is not in the question
         return json.dumps({"heart_related": True, "theme": "CAD", "keywords": ["zzz-not-in-text"]}), question
-    reply = {"heart_related": row["related"], "theme": THEMES.get(row["theme"]), "keywords": [max(question.split(), key=len)]}
+    keyword = max(question.split(), key=len)
+    reply = {"heart_related": row["related"], "theme": THEMES.get(row["theme"]), "keywords": [keyword]}
     return json.dumps(reply), question
 
 

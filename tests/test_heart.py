@@ -155,7 +155,7 @@ def test_llm_prompt_fences_the_question():
 
 
 def test_llm_classifier_prefilter_and_cache(tmp_path):
-    """Through the loopback server: only lexicon candidates are asked; a second classifier on the same cache asks none."""
+    """Through the loopback server: only lexicon candidates are asked; a second classifier on the cache asks none."""
     from rewards.testing_server import LoopbackJudgeServer
 
     def reply(messages):
