@@ -26,6 +26,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 THEMES = {  # slug -> the paper's theme name
     "cardiac_medications": "Cardiac Medications", "cardiomyopathy": "Cardiomyopathy",
@@ -395,7 +396,6 @@ def confusion(pairs) -> dict:
 def labelled_sets(shared_data) -> dict[str, list[tuple[str, str, bool]]]:
     """{"real/dev", "real/heldout", "synthetic/dev", "synthetic/heldout"} → [(id, text, related)]. The real texts
     come from `shared_data` (../shared/data: ids and labels only are bundled); the synthetic texts are ours."""
-    from pathlib import Path
     from data.loaders import load_samples
     here, shared_data = Path(__file__).resolve().parent / "samples", Path(shared_data)
     labels = [json.loads(line) for line in (here / "heart_dev_labels.jsonl").read_text().splitlines() if line]
@@ -412,6 +412,12 @@ def labelled_sets(shared_data) -> dict[str, list[tuple[str, str, bool]]]:
     return sets
 
 
+def _themes() -> dict:
+    here = Path(__file__).resolve().parent / "samples"
+    return {r["id"]: r["theme"] for f in ("heart_dev_labels.jsonl", "heart_synthetic_labels.jsonl")
+            for r in map(json.loads, (here / f).read_text().splitlines())}
+
+
 def _fmt(c: dict) -> str:
     def pr(v, ci):
         return "   –  " if v is None else f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
@@ -421,7 +427,6 @@ def _fmt(c: dict) -> str:
 
 def main(argv=None) -> int:
     import argparse
-    from pathlib import Path
     ap = argparse.ArgumentParser(description="label a text with the heart lexicon, or --eval on the labelled sets")
     ap.add_argument("text", nargs="*", help="text to label (stdin when empty)")
     ap.add_argument("--eval", action="store_true", help="precision/recall on the labelled sets, 95 %% Wilson intervals")
@@ -440,6 +445,14 @@ def main(argv=None) -> int:
                          "synthetic/all": sets["synthetic/dev"] + sets["synthetic/heldout"]}
     for name, items in rows.items():
         print(f"{name:18s}" + _fmt(confusion((classify(t).related, y) for _, t, y in items)))
+    themes = _themes()
+    for name in ("real/all", "synthetic/all"):
+        agree = [classify(t).theme == themes[i] for i, t, y in rows[name] if y and classify(t).related]
+        print(f"{name}: the theme agrees with the label on {sum(agree)} of {len(agree)} true positives")
+        cand = [(classify(t).score >= PREFILTER, y) for _, t, y in rows[name]]
+        c = confusion(cand)
+        print(f"{name}: --classifier llm asks about {c['tp'] + c['fp']} of {c['n']} (lexicon score >= {PREFILTER}), "
+              f"{c['tp']} of {c['tp'] + c['fn']} positives among them")
     if args.errors:
         for name in ("real/dev", "synthetic/dev"):
             for i, t, y in sets[name]:
