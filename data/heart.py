@@ -15,7 +15,7 @@ Context changes a term's weight before it is summed (each rule is a named regex 
   breathlessness, radiation to arm or jaw or sweating add a combination bonus (the classic angina pattern).
 Abbreviations (MI, AF, BP, HF, ...) match case-sensitively, words do not. Each distinct term counts once.
 Precision/recall on the hand-labelled sets is in docs/data.md (tests/test_heart.py recomputes it). The paper's LLM
-classifier with keyword verification is `llm_classify` (see data/build.py --classifier llm).
+classifier with keyword verification is `LLMClassifier` (data/build.py --classifier llm).
 """
 from __future__ import annotations
 
@@ -246,14 +246,16 @@ def classify(text: str, threshold: float = THRESHOLD) -> HeartLabel:
     # the angina pattern: a chest symptom (lay words too) with exertion / breathlessness / radiation / sweating
     chest = [m for m in _CHEST_SYMPTOM.finditer(text) if not _inside(m.start(), ctx["negated"])]
     if chest and not ctx["chest_other"] and _CARDIAC_CONTEXT.search(text):
-        hits.append((chest[0].start(), chest[0].group(0) + " +context", "chest_pain", ANGINA_BONUS))
+        hits.append((chest[0].start(), chest[0].group(0), "angina pattern", ANGINA_BONUS))
     hits.sort()
     # the score counts each distinct term once (its largest weight), so a long text repeating "heart" is not
-    # heart-related by volume alone
-    distinct: dict[str, tuple[str, float]] = {}
+    # heart-related by volume alone; the angina bonus is its own entry even where its words are a term too
+    distinct: dict[tuple, tuple[str, float]] = {}
     for _, surface, theme, weight in hits:
-        if weight > distinct.get(surface.lower(), ("", 0.0))[1]:
-            distinct[surface.lower()] = (theme, weight)
+        key = (surface.lower(), theme == "angina pattern")
+        theme = "chest_pain" if theme == "angina pattern" else theme
+        if weight > distinct.get(key, ("", 0.0))[1]:
+            distinct[key] = (theme, weight)
     score = sum(w for _, w in distinct.values())
     by_theme: dict[str, float] = {}
     for theme, w in distinct.values():

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from data import classify, load_samples
 from data.heart import (THEMES, LLMClassifier, confusion, heldout, labelled_sets, llm_messages, parse_llm_label,
@@ -69,6 +70,14 @@ def test_negation_ends_at_the_clause():
     assert classify("Denies dizziness. Blood pressure 170/100 today").related
 
 
+@given(st.text(alphabet=st.sampled_from(list("abcdehinoprstuyACFIMPST /-.,?0123456789\n")), max_size=120))
+def test_terms_are_in_the_text(text):
+    """Any input: no exception, a non-negative score, and every reported term is a substring of the input."""
+    label = classify(text)
+    assert label.score >= 0 and all(t in text for t in label.terms)
+    assert label.related == (label.theme is not None)
+
+
 def _read(name):
     return [json.loads(line) for line in (SAMPLES / name).read_text().splitlines() if line]
 
@@ -98,6 +107,7 @@ def test_labelled_set_figures(shared_data):
     """The table in docs/data.md. Tuning looked at real/dev and synthetic/dev only; update docs if this changes."""
     sets = labelled_sets(shared_data)
     got = {name: confusion((classify(t).related, y) for _, t, y in items) for name, items in sets.items()}
+    assert all(term in t for items in sets.values() for _, t, _ in items for term in classify(t).terms)
     assert {k: (c["n"], c["tp"], c["fp"], c["fn"]) for k, c in got.items()} == {
         "real/dev": (142, 9, 2, 0), "real/heldout": (77, 7, 0, 0),
         "synthetic/dev": (64, 35, 2, 0), "synthetic/heldout": (26, 15, 1, 0)}
