@@ -112,7 +112,7 @@ def _llm_filter(llm: LLMClassifier, samples: list) -> tuple[list, list]:
     """(heart-related samples with the LLM's theme as their heart tag, samples whose label is unknown)."""
     from rewards.openai_judge import JudgeConfigError
     try:
-        labels = llm.classify_sync([sample_text(s) for s in samples])
+        labels = llm.classify_sync([sample_text(s) for s in samples], progress=True)
     except JudgeConfigError as e:
         sys.exit(str(e))
     kept, unknown = [], []

@@ -349,19 +349,23 @@ class LLMClassifier:
             self.cache.put_many({self._key(text): float(code)})
         return label
 
-    async def classify_many(self, texts: list[str]) -> list[HeartLabel | None]:
+    async def classify_many(self, texts: list[str], progress: bool = False) -> list[HeartLabel | None]:
+        from tqdm import tqdm
         lexicon = [classify(t) for t in texts]
         todo = [i for i, lab in enumerate(lexicon) if lab.score >= self.prefilter]
         self.stats["texts"] += len(texts)
         self.stats["candidates"] += len(todo)
         out: list[HeartLabel | None] = [HeartLabel(False, None, (), lab.score) for lab in lexicon]
-        async with self.judge._active():
-            for i, label in zip(todo, await asyncio.gather(*(self._one(texts[i]) for i in todo))):
-                out[i] = label
+        with tqdm(total=len(todo), desc="heart llm", unit="q", disable=not progress, file=sys.stderr) as bar:
+            async def one(i):
+                out[i] = await self._one(texts[i])
+                bar.update()
+            async with self.judge._active():
+                await asyncio.gather(*(one(i) for i in todo))
         return out
 
-    def classify_sync(self, texts: list[str]) -> list[HeartLabel | None]:
-        return asyncio.run(self.classify_many(texts))
+    def classify_sync(self, texts: list[str], progress: bool = False) -> list[HeartLabel | None]:
+        return asyncio.run(self.classify_many(texts, progress))
 
     def close(self) -> None:
         if self.cache is not None:
