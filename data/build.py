@@ -86,7 +86,9 @@ def main(argv=None) -> int:
     summary = {"read": total, "skipped_bad": len(errors), "kept": len(kept), "splits": counts,
                "themes": dict(themes.most_common()), "args": vars(args)}
     if llm is not None:
-        summary["classifier"] = {**llm.stats, **llm.judge.stats()}
+        calls = {k: v for k, v in llm.judge.stats().items()
+                 if k.split("/")[1] in ("calls", "errors", "reasks", "prompt_tokens", "completion_tokens")}
+        summary["classifier"] = {**llm.stats, **calls}
         summary["heart_unknown"] = len(unknown)
         with open(out / "heart_unknown.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"id": s.id}) + "\n" for s in unknown)

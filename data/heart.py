@@ -144,6 +144,19 @@ _WORD_RE = [(re.compile(rf"(?<![\w-]){t}s?(?![\w])", re.IGNORECASE), t, th, w) f
 # "ICD-10" is a billing code, "AF" inside "AF-" ranges is rare; an abbreviation is not followed by "-<digit>".
 _ABBR_RE = [(re.compile(rf"(?<![\w-]){t}(?![\w]|-\d)"), t, th, w) for t, th, w, ab in _ORDER if ab]
 
+
+def _literal_prefix(term: str) -> str:
+    """The literal characters a term's regex starts with (up to the first metacharacter): a text without them
+    cannot match, and a substring test is far cheaper than running the regex (the lexicon has ~300 terms)."""
+    m = re.match(r"[^\\()\[\]?*+.|{}^$]*", term)
+    prefix = m.group(0) if m else ""
+    optional = term[len(prefix):len(prefix) + 1] in ("?", "*", "{")  # "nitroglycerine?": the "e" may be absent
+    return prefix[:-1] if prefix and optional else prefix
+
+
+_SCAN = [(p, t, th, w, _literal_prefix(t).lower(), False) for p, t, th, w in _WORD_RE] + \
+        [(p, t, th, w, _literal_prefix(t), True) for p, t, th, w in _ABBR_RE]
+
 _I = re.IGNORECASE
 # Idioms and exercise talk: masked before matching, so their words match nothing.
 _IDIOMS = re.compile(
@@ -237,7 +250,10 @@ def classify(text: str, threshold: float = THRESHOLD) -> HeartLabel:
            "lab": bool(_ANTICOAG_LAB.search(text)), "brain": bool(_BRAIN.search(text))}
     taken = [False] * len(text)  # characters already claimed by a longer term
     hits = []  # (position, surface, theme, weight after context)
-    for pattern, term, theme, weight in _WORD_RE + _ABBR_RE:
+    lower = text.lower()
+    for pattern, term, theme, weight, prefix, case_sensitive in _SCAN:
+        if prefix and prefix not in (text if case_sensitive else lower):
+            continue
         for m in pattern.finditer(text):
             if any(taken[m.start():m.end()]):
                 continue
@@ -296,17 +312,24 @@ def llm_messages(text: str) -> list[dict]:
             {"role": "user", "content": f"<<<QUESTION {tag}>>>\n{text}\n<<<END QUESTION {tag}>>>"}]
 
 
+def _verified(keyword: str, text: str) -> bool:
+    """The keyword occurs in the text as whole words: 3+ characters in any case, or a 2-letter abbreviation
+    ("BP", "MI") in capitals; shorter or lower-case 2-letter words ("an", "mi") prove nothing."""
+    if len(keyword) >= 3:
+        return re.search(rf"(?<!\w){re.escape(keyword)}(?!\w)", text, re.IGNORECASE) is not None
+    return len(keyword) == 2 and keyword.isupper() and re.search(rf"(?<!\w){keyword}(?!\w)", text) is not None
+
+
 def parse_llm_label(reply: str | None, text: str) -> HeartLabel | None:
     """The classifier's JSON reply (bare, fenced or embedded) → label, after the paper's keyword verification: a
-    positive stands only if a returned keyword (3+ characters) occurs verbatim, case-insensitively, in `text`.
+    positive stands only if a returned keyword occurs verbatim in `text` (whole words, see `_verified`).
     None when the reply is not such a JSON object (the caller re-asks, then marks the item unknown)."""
     from rewards.judge_prompts import _json_object
     obj = _json_object(reply)
     if obj is None or not isinstance(obj.get("heart_related"), bool):
         return None
     words = obj.get("keywords") if isinstance(obj.get("keywords"), list) else []
-    found = tuple(dict.fromkeys(w.strip() for w in words if isinstance(w, str) and len(w.strip()) >= 3
-                                and w.strip().lower() in text.lower()))
+    found = tuple(dict.fromkeys(w.strip() for w in words if isinstance(w, str) and _verified(w.strip(), text)))
     related = obj["heart_related"] and bool(found)
     theme = _THEME_NAMES.get(str(obj.get("theme") or "").strip().lower()) if related else None
     return HeartLabel(related, theme, found if related else (), float(len(found)))

@@ -78,6 +78,17 @@ def test_terms_are_in_the_text(text):
     assert label.related == (label.theme is not None)
 
 
+def test_prefix_skip_changes_nothing(shared_data, monkeypatch):
+    """classify skips a term whose literal prefix is absent from the text; without the skip, every label is equal."""
+    import data.heart as H
+    texts = [t for items in labelled_sets(shared_data).values() for _, t, _ in items]
+    texts += ["ECG", "ECGs", "nitroglycerin spray", "NITROGLYCERINE", "INR 2.5 on warfarin", "Cœur", "a-fib", "afib"]
+    fast = [classify(t) for t in texts]
+    assert {t for t, _, _, _, prefix, _ in H._SCAN if prefix == ""}  # some terms cannot be skipped
+    monkeypatch.setattr(H, "_SCAN", [row[:4] + ("", row[5]) for row in H._SCAN])
+    assert [classify(t) for t in texts] == fast
+
+
 def _read(name):
     return [json.loads(line) for line in (SAMPLES / name).read_text().splitlines() if line]
 
@@ -147,8 +158,11 @@ def test_llm_reply_keyword_verification():
     assert ok.related and ok.theme == "arrhythmia" and ok.terms == ("Apixaban",)
     made_up = parse_llm_label('{"heart_related": true, "theme": "Arrhythmia", "keywords": ["warfarin"]}', text)
     assert not made_up.related and made_up.theme is None  # keyword not in the text: rejected, as in the paper
-    tiny = parse_llm_label('{"heart_related": true, "theme": "CAD", "keywords": ["an", " "]}', text)
-    assert not tiny.related  # a two-letter "keyword" proves nothing
+    for weak in (["an", " "], ["rhythm"], ["heart"]):  # a common 2-letter word; not in the text; only inside a word
+        assert not parse_llm_label(json.dumps({"heart_related": True, "keywords": weak}), text).related, weak
+    bp = "Is a BP of 150/95 too high?"
+    assert parse_llm_label('{"heart_related": true, "theme": "Hypertension", "keywords": ["BP"]}', bp).related
+    assert not parse_llm_label('{"heart_related": true, "theme": "Hypertension", "keywords": ["bp"]}', bp).related
     neg = parse_llm_label('Sure. {"heart_related": false, "theme": null, "keywords": []} Hope that helps', text)
     assert neg is not None and not neg.related
     for junk in [None, "", "no", "{", '{"heart_related": "yes"}', "[1]", '{"keywords": ["apixaban"]}']:
