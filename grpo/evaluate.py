@@ -1,7 +1,7 @@
 """Evaluate a policy (or any OpenAI-compatible model) on rubric-graded questions, with an LLM judge per criterion.
 
-    python -m grpo.evaluate --limit 4 --max-new-tokens 96 --out runs/eval-demo     # tiny model, keyword judge (CPU)
-    python -m grpo.evaluate --limit 4 --max-new-tokens 96 --judge local --out runs/eval-local  # policy grades itself
+    python -m grpo.evaluate --limit 3 --max-new-tokens 64 --out runs/eval-demo     # tiny model, keyword judge (CPU)
+    python -m grpo.evaluate --limit 3 --max-new-tokens 64 --judge local --out runs/eval-local  # policy grades itself
     python -m grpo.evaluate --preset paper --data healthbench.jsonl --model Qwen/Qwen3-14B \
         --judge openai --out runs/eval-base
     python -m grpo.evaluate --preset paper --data healthbench.jsonl --model Qwen/Qwen3-14B \

@@ -77,7 +77,8 @@ class LoopbackJudgeServer:
     """ThreadingHTTPServer on 127.0.0.1 (a free port); `url` is the base_url to hand the openai client.
 
     Records: `attempts[key]` requests per logical request, `answered[key]` correct answers sent, `faults` served,
-    `max_in_flight`, `completions` (graded completion texts, in arrival order), `auth` (Authorization headers seen).
+    `max_in_flight`, `completions` (graded completion texts, in arrival order), `auth` (Authorization headers seen),
+    `models` (model names asked for).
     """
 
     def __init__(self, latency: float = 0.0, faults=None, slow_s: float = 1.0, retry_after: float = 0.05,
@@ -86,7 +87,7 @@ class LoopbackJudgeServer:
         self.verdicts = verdicts  # (completion, [(id, points, text)], mode) -> {id: bool}: the simulated grader
         self.attempts, self.answered, self.served = Counter(), Counter(), Counter()
         self.arrivals: dict[str, list[float]] = {}
-        self.completions, self.auth = [], set()
+        self.completions, self.auth, self.models = [], set(), set()
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
@@ -146,6 +147,7 @@ class LoopbackJudgeServer:
                     server.attempts[key] += 1
                     server.arrivals.setdefault(key, []).append(time.monotonic())
                     server.auth.add(self.headers.get("Authorization", ""))
+                    server.models.add(body.get("model", ""))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
