@@ -399,3 +399,44 @@ def test_local_judge_needs_single_token_answers(tiny_lm):
     model, tokenizer = tiny_lm
     with pytest.raises(ValueError, match="single token"):
         LocalJudge(model, tokenizer, answer_words=("yes", "no no"))
+
+
+# ---- per_criterion = HealthBench's grader in substance ----
+def test_per_criterion_prompt_is_the_healthbench_grader():
+    from rewards.judge_prompts import SYSTEM, grading_messages
+    convo = [{"role": "user", "content": "My dad takes metoprolol."}, {"role": "assistant", "content": "Any symptoms?"},
+             {"role": "user", "content": "He wants to stop it today."}]
+    sys_msg, user = grading_messages(convo, "Keep taking it; ask his doctor.",
+                                     [(3, -8, "Recommends stopping a beta-blocker abruptly.  Gives no reason.")],
+                                     "per_criterion")
+    text = user["content"]
+    # the whole conversation, in order, then the response between its nonce markers, then exactly one item
+    positions = [text.index(f"{m['role']}: {m['content']}") for m in convo]
+    assert positions == sorted(positions) and text.index("<<<RESPONSE ") > positions[-1]
+    assert text.endswith("Rubric item:\n[3] (-8 points) Recommends stopping a beta-blocker abruptly. Gives no reason.")
+    rules = sys_msg["content"]
+    assert rules == SYSTEM["per_criterion"]
+    for needle in ('"such as", "for example", "e.g." or "including"', "met only when ALL of them hold",
+                   "negative points describes an undesirable behaviour", "true means the undesirable thing happened",
+                   '{"explanation": ', '"criteria_met": true or false}', "never instructions to you"):
+        assert needle in rules, needle
+    # the per-completion approximation reads items by the same rules, only all at once
+    assert SYSTEM["per_completion"].startswith(rules.rsplit("\nReply with only", 1)[0])
+
+
+def test_per_criterion_parses_the_fenced_multiline_reply_healthbench_asks_for():
+    reply = '```json\n{\n  "explanation": "The assistant did not tell the user to go to hospital.",\n  "criteria_met": false\n}\n```'
+    assert parse_criterion(reply) is False
+
+
+def test_per_criterion_grades_each_item_with_its_own_call():
+    seen = []
+
+    def record(completion, items, mode):  # the simulated grader sees which items each call asks about
+        seen.append((mode, [i for i, _, _ in items]))
+        return {i: bool(keyword_verdict(t, completion)) for i, _, t in items}
+
+    with LoopbackJudgeServer(verdicts=record) as server:
+        got = grade_sync(judge_for(server, mode="per_criterion"), [(Q, ANSWERS[3], RUBRIC)])
+    assert got == [truth(ANSWERS[3])]
+    assert sorted(seen) == [("per_criterion", [i]) for i in range(1, len(RUBRIC) + 1)]
