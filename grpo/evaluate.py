@@ -184,7 +184,8 @@ def _ci(d: dict) -> str:
 
 
 def markdown(summary: dict, title: str) -> str:
-    lines = [f"# {title}", "", f"n = {summary['n']} examples", "", "| metric | value | 95% CI |", "|---|---|---|",
+    lines = [f"# {title}", "", f"n = {summary['n']} examples"
+             + (f", graded by {summary['grader']}" if summary.get("grader") else ""), "", "| metric | value | 95% CI |", "|---|---|---|",
              f"| HealthBench score (bootstrap std {summary['healthbench_score']['std']:.3f}) | "
              f"{_ci(summary['healthbench_score'])} |", f"| pass rate (score > 0.5) | {_ci(summary['pass_rate'])} |"]
     lines += [f"| criterion {k} | {_ci(summary['criteria'][k])} |" for k in ("accuracy", "precision", "recall", "f1")]
@@ -293,6 +294,18 @@ def build_judge(args, responder):
     return make_judge(args.judge)
 
 
+def grader_label(judge) -> str:
+    """Who graded, for the summary: a keyword- or locally-judged score must not pass for HealthBench's."""
+    mode = getattr(judge, "mode", None)
+    if mode == "per_criterion":
+        return f"{judge.model}, per criterion (HealthBench's grader)"
+    if mode == "per_completion":
+        return f"{judge.model}, per completion (a cheaper approximation of HealthBench's grader)"
+    return {"KeywordJudge": "keyword toy judge (not an LLM grade)",
+            "LocalJudge": "local model, yes/no logits per criterion (not HealthBench's grader)"}.get(
+        type(judge).__name__, type(judge).__name__)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="rubric evaluation with an LLM judge (see module docstring)")
     ap.add_argument("--data", default="demo", help="samples file (HealthBench / RaR / heart JSONL); 'demo' = bundled")
@@ -350,7 +363,7 @@ def main(argv=None) -> int:
     records = asyncio.run(run(samples, responder, judge, args.out, batch_size=args.batch_size,
                               progress=not args.no_progress))
     summary = summarize(records, n_boot=args.bootstrap, seed=args.seed)
-    summary["config"] = vars(args)
+    summary["grader"], summary["config"] = grader_label(judge), vars(args)
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     md = markdown(summary, f"evaluation of {args.api_model or args.model}{' + ' + args.adapter if args.adapter else ''}")

@@ -190,8 +190,9 @@ def test_every_docstring_command_runs(tiny_path, tmp_path, monkeypatch):
             if "openai" in argv:  # HealthBench's grader: one request per criterion, to its default model
                 assert summary["config"]["judge_model"] is None and summary["config"]["judge_mode"] == "per_criterion"
                 assert calls == n_criteria + (n if "--api-model" in argv else 0)
+                assert summary["grader"] == f"{HEALTHBENCH_GRADER}, per criterion (HealthBench's grader)"
             else:
-                assert calls == 0
+                assert calls == 0 and "not" in summary["grader"]
         assert server.models >= {HEALTHBENCH_GRADER, "gpt-oss-120b"}
     recs = read_jsonl(tmp_path / "runs" / "eval-oss" / "results.jsonl")
     from rewards.testing_server import POLICY_REPLY
