@@ -3,15 +3,23 @@
     python -m grpo.evaluate --compare runs/eval-base/results.jsonl runs/eval-grpo/results.jsonl
 
 An example is (points: list[float], met: list[bool | None], tags: list[tuple]) — one entry per rubric criterion.
-HealthBench's official score (simple-evals `healthbench_eval.py`): per example, the sum of the points of the criteria
-judged met (a met pitfall subtracts) over the sum of positive points, not clipped; the reported score is the mean over
-examples clipped to [0, 1], with a bootstrap std. An unknown verdict (None: the judge failed after its retries) is
-dropped from numerator and denominator alike, as in `rewards.functions.healthbench` — counting it as "not met" would
-punish a desirable behaviour and forgive a pitfall; the share of unknowns is reported next to the score.
+HealthBench's official score, exactly as simple-evals aggregates it (`healthbench_eval.py`: `calculate_score`,
+`_compute_clipped_stats`), for N examples with points p_ji and verdicts met_ji:
+
+    s_j     = Σ_i p_ji · [met_ji] / Σ_i max(p_ji, 0)        per example, not clipped (a met pitfall subtracts)
+    score   = clip((1/N) Σ_j s_j, 0, 1)
+    std     = sqrt((1/B) Σ_b (m_b − m̄)²),  m_b = clip(mean of N draws of s with replacement, 0, 1),  B = 1000
+
+(std is numpy's np.std, ddof 0, of the B resampled clipped means; m̄ their mean). Per-axis scores apply the same
+formula to each example's criteria carrying that tag. One departure, forced by a bounded judge: an unknown verdict
+(None: the judge gave no valid boolean after its retries; simple-evals retries without bound) is dropped from
+numerator and denominator alike, as in `rewards.functions.healthbench` — counting it as "not met" would punish a
+desirable behaviour and forgive a pitfall; the share of unknowns is reported next to the score.
 The paper's metrics: an example *passes* when its score is > 0.5; accuracy / precision / recall / F1 are over
 criteria, reading each criterion as a label an ideal response gets right (positive criteria met, pitfalls not met)
 and the judge's verdict as the response's prediction — precision: share of the behaviours shown that are desirable,
-recall: share of the desirable behaviours shown.
+recall: share of the desirable behaviours shown. `paper_heuristic` is the paper's released keyword evaluator,
+kept only so runs can sit next to the paper's table (see its docstring for how it departs from a grade).
 """
 from __future__ import annotations
 
@@ -40,8 +48,9 @@ def clipped_mean(values: Sequence[float]) -> float:
 
 def bootstrap(values: Sequence[float], stat=clipped_mean, *, n: int = 1000, seed: int = 0,
               alpha: float = 0.05) -> dict:
-    """{"value", "std", "lo", "hi"}: the statistic, its bootstrap std (as simple-evals reports) and the percentile
-    (1-alpha) interval from `n` resamples with replacement (a fixed seed, so reruns print the same interval)."""
+    """{"value", "std", "lo", "hi"}: the statistic, its bootstrap std (simple-evals': the population std, ddof 0, of
+    the `n` resampled statistics) and the percentile (1-alpha) interval, from `n` resamples of the values with
+    replacement (a fixed seed, so reruns print the same numbers)."""
     values = [v for v in values if v is not None]
     if not values:
         return {"value": math.nan, "std": math.nan, "lo": math.nan, "hi": math.nan}
@@ -52,7 +61,7 @@ def bootstrap(values: Sequence[float], stat=clipped_mean, *, n: int = 1000, seed
         return {"value": stat(values), "std": math.nan, "lo": math.nan, "hi": math.nan}
     n = len(stats)
     mean = sum(stats) / n
-    std = math.sqrt(sum((s - mean) ** 2 for s in stats) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((s - mean) ** 2 for s in stats) / n)  # np.std, ddof 0, as simple-evals
     lo, hi = stats[int(math.floor(alpha / 2 * (n - 1)))], stats[int(math.ceil((1 - alpha / 2) * (n - 1)))]
     return {"value": stat(values), "std": std, "lo": lo, "hi": hi}
 
@@ -116,3 +125,41 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
     # P(X <= k) for X ~ Binomial(n, 1/2), doubled (the distribution is symmetric), capped at 1
     p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n)
     return {"n01": n01, "n10": n10, "p_value": p}
+
+
+# ---- the paper's released evaluator: a keyword heuristic, not a grade ----
+PAPER_WORDS = ("should", "recommend", "important", "seek", "care")
+
+
+def paper_heuristic_credit(answer: str) -> float:
+    """The credit the paper's evaluator gives each of an answer's first rubric items: half points (0.5) when the
+    answer is over 100 characters and contains one of PAPER_WORDS (lowercased substring: "recommended", "healthcare"
+    count), else 0."""
+    text = answer or ""
+    return 0.5 if len(text) > 100 and any(w in text.lower() for w in PAPER_WORDS) else 0.0
+
+
+def paper_heuristic(answers: Sequence[str], n_criteria: Sequence[int], first: int = 5) -> dict:
+    """The paper's table metric: each example's first `first` rubric items get paper_heuristic_credit(answer),
+    binarised at 0.5 (credit ≥ 0.5 → predicted met), and are scored against an all-positive label (every item
+    "should be met", pitfalls included). Over all those items: accuracy A = share predicted met, precision = 1
+    (nothing is labelled negative), recall = A, hence F1 = 2A / (1 + A) in every case.
+
+    How it departs from an LLM grade: it never reads the criterion (every item of an answer gets the same
+    prediction), ignores items after the fifth, counts a pitfall as a behaviour to show, and rewards length and
+    advice words — "You should seek care." padded past 100 characters scores A = 1 on any question.
+    Returns {"accuracy", "precision", "recall", "f1", "items"}."""
+    if len(answers) != len(n_criteria):
+        raise ValueError(f"{len(answers)} answers but {len(n_criteria)} criterion counts")
+    items = predicted = 0
+    for answer, k in zip(answers, n_criteria):
+        m = min(first, k)
+        items += m
+        predicted += m * (paper_heuristic_credit(answer) >= 0.5)
+    if not items:
+        return {"accuracy": math.nan, "precision": math.nan, "recall": math.nan, "f1": math.nan, "items": 0}
+    tp, fn = predicted, items - predicted  # every label is positive: no fp, no tn
+    precision = tp / tp if tp else math.nan
+    recall = tp / items
+    f1 = 2 * tp / (2 * tp + fn)  # = 2PR / (P + R) with P = 1; 0 when nothing is predicted
+    return {"accuracy": tp / items, "precision": precision, "recall": recall, "f1": f1, "items": items}

@@ -1,15 +1,27 @@
 """Evaluate a policy (or any OpenAI-compatible model) on rubric-graded questions, with an LLM judge per criterion.
 
-    python -m grpo.evaluate --limit 8 --out runs/eval-demo                 # tiny model, bundled demo, keyword judge (CPU)
+    python -m grpo.evaluate --limit 3 --max-new-tokens 64 --out runs/eval-demo     # tiny model, keyword judge (CPU)
+    python -m grpo.evaluate --limit 3 --max-new-tokens 64 --judge local --out runs/eval-local  # policy grades itself
     python -m grpo.evaluate --preset paper --data healthbench.jsonl --model Qwen/Qwen3-14B \
-        --adapter runs/grpo/adapter --judge openai --judge-model gpt-4.1 --out runs/eval-hybrid
+        --judge openai --out runs/eval-base
+    python -m grpo.evaluate --preset paper --data healthbench.jsonl --model Qwen/Qwen3-14B \
+        --adapter runs/grpo/adapter --judge openai --out runs/eval-hybrid
     python -m grpo.evaluate --preset paper --data healthbench.jsonl --api-model gpt-oss-120b \
-        --api-base-url http://localhost:8000/v1 --judge openai --judge-model gpt-4.1 --out runs/eval-oss
+        --api-base-url http://localhost:8000/v1 --judge openai --out runs/eval-oss
+    python -m grpo.evaluate --preset paper --data healthbench.jsonl --model Qwen/Qwen3-14B \
+        --judge local --judge-model Qwen/Qwen3-32B --out runs/eval-local32
     python -m grpo.evaluate --compare runs/eval-base runs/eval-hybrid --out runs/compare   # McNemar + plot
 
-One response per example; every rubric criterion graded by the judge (the paper's released evaluator matched keywords
-instead). Writes OUT/results.jsonl (one line per example, every verdict kept; a rerun resumes after the last finished
-example), OUT/summary.json, OUT/summary.md and PNG plots. `--preset paper` is the paper's evaluation set: the
+One response per example; every rubric criterion graded by the judge. `--judge openai` is HealthBench's official
+grader in substance (simple-evals healthbench_eval.py): one call per rubric item (`--judge-mode per_criterion`, the
+default) with grader model gpt-4.1-2025-04-14 unless `--judge-model` says otherwise; `--judge-mode per_completion`
+(one call per response) is a cheaper approximation, not the official grade. `--judge local` loads `--judge-model`
+with grpo.model.load_model, or without it grades with the policy's own weights (LoRA adapter off). The judge's
+server and key come from OPENAI_BASE_URL / OPENAI_API_KEY, or `--judge-base-url`.
+Writes OUT/results.jsonl (one line per example, every verdict kept; a rerun resumes after the last finished
+example), OUT/summary.json, OUT/summary.md and PNG plots. Headline: the HealthBench score and the pass rate;
+`paper_heuristic` (the paper's released keyword evaluator: accuracy and F1 = 2A/(1+A)) is reported beside them,
+labelled, only so a run can sit next to the paper's table. `--preset paper` is the paper's evaluation set: the
 heart-related subset of HealthBench (lexicon filter), n = 500 drawn with seed 0. Statistics: grpo/eval_stats.py.
 """
 from __future__ import annotations
@@ -145,11 +157,15 @@ def summarize(records: list[dict], *, n_boot: int = 1000, seed: int = 0) -> dict
     crit_ci = {k: S.bootstrap(examples, lambda ex, k=k: S.criterion_metrics(ex)[k], n=n_boot, seed=seed)
                for k in ("accuracy", "precision", "recall", "f1")}
     verdicts = [m for r in records for m in r["verdicts"]]
+    answered = [(r.get("solution") or "", len(r["points"])) for r in records]
+    heur = {k: S.bootstrap(answered, lambda ex, k=k: S.paper_heuristic(*zip(*ex))[k], n=n_boot, seed=seed)
+            for k in ("accuracy", "f1")} if answered else {}
     return {
         "n": len(records),
         "healthbench_score": S.bootstrap(scores, n=n_boot, seed=seed),
         "pass_rate": S.bootstrap(passed, mean, n=n_boot, seed=seed),
         "criteria": {k: dict(crit_ci[k], value=crit[k]) for k in crit_ci} | {k: crit[k] for k in ("tp", "fp", "fn", "tn")},
+        "paper_heuristic": {"note": HEURISTIC_NOTE, **heur},
         "format_compliance": mean([float(r["well_formed"]) for r in records]),
         "truncated": mean([float(r["truncated"]) for r in records]),
         "unknown_verdicts": mean([float(m is None) for m in verdicts]),
@@ -159,17 +175,27 @@ def summarize(records: list[dict], *, n_boot: int = 1000, seed: int = 0) -> dict
     }
 
 
+HEURISTIC_NOTE = ("keyword heuristic of the paper's released evaluator (first 5 items; half credit for answers over "
+                  "100 characters with should/recommend/important/seek/care; all-positive labels): not a grade")
+
+
 def _ci(d: dict) -> str:
     return f"{d['value']:.3f} | [{d['lo']:.3f}, {d['hi']:.3f}]"
 
 
 def markdown(summary: dict, title: str) -> str:
-    lines = [f"# {title}", "", f"n = {summary['n']} examples", "", "| metric | value | 95% CI |", "|---|---|---|",
+    lines = [f"# {title}", "", f"n = {summary['n']} examples"
+             + (f", graded by {summary['grader']}" if summary.get("grader") else ""), "", "| metric | value | 95% CI |", "|---|---|---|",
              f"| HealthBench score (bootstrap std {summary['healthbench_score']['std']:.3f}) | "
              f"{_ci(summary['healthbench_score'])} |", f"| pass rate (score > 0.5) | {_ci(summary['pass_rate'])} |"]
     lines += [f"| criterion {k} | {_ci(summary['criteria'][k])} |" for k in ("accuracy", "precision", "recall", "f1")]
     lines += [f"| format compliance | {summary['format_compliance']:.3f} | |",
               f"| truncated | {summary['truncated']:.3f} | |", f"| unknown verdicts | {summary['unknown_verdicts']:.3f} | |"]
+    heur = summary.get("paper_heuristic", {})
+    if "accuracy" in heur:
+        lines += ["", "Paper heuristic, for comparison with the paper's table only (" + heur["note"] + "):", "",
+                  "| paper_heuristic | value | 95% CI |", "|---|---|---|",
+                  f"| accuracy | {_ci(heur['accuracy'])} |", f"| F1 = 2A/(1+A) | {_ci(heur['f1'])} |"]
     if summary["axis"]:
         lines += ["", "| axis | score |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in summary["axis"].items()]
     for key, name in (("heart_theme", "heart theme"), ("theme", "theme")):
@@ -245,6 +271,41 @@ def compare(runs: list[str], out_dir) -> dict:
     return out
 
 
+def build_judge(args, responder):
+    """The judge the flags name. openai: HealthBench's grader model unless --judge-model; local: --judge-model loaded
+    with grpo.model.load_model, else the policy's own model and tokenizer (LocalJudge grades with its adapter off)."""
+    from rewards.judge import make_judge
+    if args.judge == "local":
+        if args.judge_model:
+            from grpo.model import load_model
+            model, tok = load_model(args.judge_model)
+        elif isinstance(responder, PolicyResponder):
+            model, tok = responder.model, responder.tok
+        else:
+            raise SystemExit("--judge local with --api-model has no local weights to grade with: pass --judge-model "
+                             "(an HF dir or hub id)")
+        return make_judge("local", model=model, tokenizer=tok)
+    if args.judge == "openai":  # one request per criterion, as HealthBench's grader does
+        from rewards.openai_judge import HEALTHBENCH_GRADER
+        kw = {"model": args.judge_model or HEALTHBENCH_GRADER, "mode": args.judge_mode, "concurrency": args.concurrency}
+        return make_judge("openai", **kw, **({"base_url": args.judge_base_url} if args.judge_base_url else {}))
+    if args.judge_model or args.judge_base_url:
+        raise SystemExit(f"--judge {args.judge} takes no --judge-model / --judge-base-url: use --judge openai or local")
+    return make_judge(args.judge)
+
+
+def grader_label(judge) -> str:
+    """Who graded, for the summary: a keyword- or locally-judged score must not pass for HealthBench's."""
+    mode = getattr(judge, "mode", None)
+    if mode == "per_criterion":
+        return f"{judge.model}, per criterion (HealthBench's grader)"
+    if mode == "per_completion":
+        return f"{judge.model}, per completion (a cheaper approximation of HealthBench's grader)"
+    return {"KeywordJudge": "keyword toy judge (not an LLM grade)",
+            "LocalJudge": "local model, yes/no logits per criterion (not HealthBench's grader)"}.get(
+        type(judge).__name__, type(judge).__name__)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="rubric evaluation with an LLM judge (see module docstring)")
     ap.add_argument("--data", default="demo", help="samples file (HealthBench / RaR / heart JSONL); 'demo' = bundled")
@@ -265,10 +326,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="examples per respond+judge round")
     ap.add_argument("--concurrency", type=int, default=8, help="API requests in flight (policy API and judge)")
     # judge
-    ap.add_argument("--judge", default="keyword", help="keyword | openai | local (rewards.judge.make_judge)")
-    ap.add_argument("--judge-model", default=None, help="judge model name (openai / local judges)")
+    ap.add_argument("--judge", default="keyword", choices=("keyword", "openai", "local"),
+                    help="keyword (offline toy) | openai (any OpenAI-compatible server) | local (a transformers model)")
+    ap.add_argument("--judge-model", default=None,
+                    help="openai: model name (default gpt-4.1-2025-04-14, HealthBench's grader); local: HF dir or hub id "
+                         "(default: the policy itself)")
     ap.add_argument("--judge-base-url", default=None, help="judge endpoint (openai judge)")
-    ap.add_argument("--judge-mode", default="per_criterion", help="openai judge: per_criterion | per_completion")
+    ap.add_argument("--judge-mode", default="per_criterion", choices=("per_criterion", "per_completion"),
+                    help="openai judge: per_criterion (HealthBench's grader) | per_completion (cheaper approximation)")
     ap.add_argument("--compare", nargs="+", default=None, help="result dirs/files to compare instead of evaluating")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--no-progress", action="store_true")
@@ -284,6 +349,9 @@ def main(argv=None) -> int:
     samples = select(samples, heart_only=args.heart_only, n=args.n, seed=args.seed)[: args.limit]
     if not samples:
         raise SystemExit(f"{args.data}: no examples selected (check --heart-only / --n)")
+    if args.judge == "local" and args.api_model and not args.judge_model:
+        build_judge(args, None)  # its one-line error, before anything loads
+    judge = None if args.judge == "local" else build_judge(args, None)  # a judge error shows before the policy loads
     if args.api_model:
         responder = ApiResponder(args.api_model, base_url=args.api_base_url, api_key_env=args.api_key_env,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -291,15 +359,11 @@ def main(argv=None) -> int:
     else:
         responder = PolicyResponder(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, seed=args.seed)
-    from rewards.judge import make_judge
-    judge_kw = {k: v for k, v in (("model", args.judge_model), ("base_url", args.judge_base_url)) if v}
-    if args.judge == "openai":  # one request per criterion, as HealthBench's grader does
-        judge_kw |= {"mode": args.judge_mode, "concurrency": args.concurrency}
-    judge = make_judge(args.judge, **judge_kw)
+    judge = judge or build_judge(args, responder)
     records = asyncio.run(run(samples, responder, judge, args.out, batch_size=args.batch_size,
                               progress=not args.no_progress))
     summary = summarize(records, n_boot=args.bootstrap, seed=args.seed)
-    summary["config"] = vars(args)
+    summary["grader"], summary["config"] = grader_label(judge), vars(args)
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     md = markdown(summary, f"evaluation of {args.api_model or args.model}{' + ' + args.adapter if args.adapter else ''}")

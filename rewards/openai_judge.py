@@ -24,6 +24,8 @@ from rewards.rubric import Rubric
 
 log = logging.getLogger(__name__)
 MODES = ("per_completion", "per_criterion")
+# the grader model of simple-evals' HealthBench (its published scores); `grpo.evaluate --judge openai` defaults to it
+HEALTHBENCH_GRADER = "gpt-4.1-2025-04-14"
 
 
 class JudgeConfigError(RuntimeError):
@@ -33,8 +35,12 @@ class JudgeConfigError(RuntimeError):
 class OpenAIJudge(Judge):
     """Rubric verdicts from an LLM behind an OpenAI-compatible endpoint.
 
-    mode="per_completion": one call per completion returning every criterion as JSON (cheap);
-    mode="per_criterion": one call per criterion (as the paper). `rate()` asks for one 1–10 rating (RaR implicit).
+    mode="per_criterion": HealthBench's official grader in substance (simple-evals healthbench_eval.py): one call
+    per rubric item with the whole conversation, JSON {"explanation", "criteria_met"}, re-asked until criteria_met is
+    a boolean (at most `max_reasks` times, then unknown); the rules are in rewards/judge_prompts.py.
+    mode="per_completion": one call per completion returning every criterion as JSON — a cheaper approximation
+    (calls ÷ rubric size), not the official grader; bench/judge_agreement.py measures how far the two agree.
+    `rate()` asks for one 1–10 rating (RaR implicit).
     base_url / api_key default to OPENAI_BASE_URL / OPENAI_API_KEY; a server given by URL without a key gets the
     placeholder "EMPTY" (vLLM's convention). At most `concurrency` requests are in flight, each with `timeout`
     seconds per attempt and `max_retries` client retries; a malformed reply is re-asked up to `max_reasks` times.

@@ -4,8 +4,10 @@
 
 Used by tests/test_judge.py (fault tests through the real `openai` client) and bench/bench_judge.py (throughput).
 It reads the judge's own prompt format (rewards/judge_prompts.py): finds the response between the nonce markers,
-the rubric items after them, and answers each item with rewards.judge.keyword_verdict — so every correct verdict
-is known in advance. A request's identity is its system + user message, so a re-ask (the same two messages plus
+the rubric items after them, and answers each item with rewards.judge.keyword_verdict (or the `verdicts` function
+it is given: bench/judge_agreement.py passes a simulated noisy grader) — so every correct verdict is known in
+advance. Per-criterion replies come in a ```json fence, as HealthBench's grader is told to answer. A chat without
+the markers (a policy evaluated over the API, `grpo.evaluate --api-model`) gets a fixed answer, POLICY_REPLY. A request's identity is its system + user message, so a re-ask (the same two messages plus
 the bad reply and a correction) counts as another attempt of the same logical request.
 
 faults(key, attempt) -> name picks the reply for each attempt (None / "ok" = a correct answer):
@@ -32,23 +34,38 @@ _BLOCK = re.compile(r"<<<RESPONSE ([0-9a-f]{16})>>>\n(.*?)\n<<<END RESPONSE \1>>
 _ITEM = re.compile(r"^\[(\d+)\] \(([+-][0-9.e+-]+) points\) (.*)$", re.MULTILINE)
 
 
-def answer(messages: list[dict]) -> tuple[str, str]:
-    """(the correct reply text, the graded completion) for a judge prompt, by the keyword rule."""
-    system, user = messages[0]["content"], messages[1]["content"]
+POLICY_REPLY = ("<start_working_out>Chest pain can be a heart attack.<end_working_out><SOLUTION>Call emergency "
+                "services now; chew an aspirin if you are not allergic. You should seek care today.</SOLUTION>")
+
+
+def keyword_verdicts(completion: str, items: list[tuple], mode: str) -> dict[int, bool]:
+    """The default grader of the loopback server: {item id: keyword_verdict}, the same in every mode."""
+    return {i: bool(keyword_verdict(t, completion)) for i, _, t in items}
+
+
+def grade_reply(messages: list[dict], verdicts=keyword_verdicts) -> tuple[str, str]:
+    """(the correct reply text, the graded completion) for a judge prompt, by `verdicts(completion, items, mode)`
+    with items = [(id, points, text)] and mode per_criterion | per_completion | rating. A chat that is not a judge
+    prompt (a policy being evaluated through this server) gets POLICY_REPLY."""
+    user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+    system = messages[0].get("content", "") if messages and messages[0].get("role") == "system" else ""
     block = _BLOCK.search(user)
     if block is None:
-        return "I cannot find the response.", ""
+        return POLICY_REPLY, ""
     completion = block.group(2)
     items = [(int(i), float(p), t) for i, p, t in _ITEM.findall(user[block.end():])]
-    verdicts = {i: bool(keyword_verdict(t, completion)) for i, _, t in items}
-    if '"rating"' in system:
+    mode = "rating" if '"rating"' in system else "per_completion" if '"criteria"' in system else "per_criterion"
+    met = verdicts(completion, items, mode)
+    if mode == "rating":
         pos = [i for i, p, _ in items if p > 0]
-        frac = sum(verdicts[i] for i in pos) / len(pos) if pos else 1.0
+        frac = sum(met[i] for i in pos) / len(pos) if pos else 1.0
         return json.dumps({"explanation": "keyword rating", "rating": 1 + round(9 * frac)}), completion
-    if '"criteria"' in system:
-        rows = [{"id": i, "explanation": "keywords", "criteria_met": verdicts[i]} for i, _, _ in items]
+    if mode == "per_completion":
+        rows = [{"id": i, "explanation": "keywords", "criteria_met": met[i]} for i, _, _ in items]
         return json.dumps({"criteria": rows}), completion
-    return json.dumps({"explanation": "keywords", "criteria_met": verdicts[items[0][0]] if items else False}), completion
+    # per criterion: fenced, as simple-evals' grader is told to reply ("the json object in markdown format")
+    reply = {"explanation": "keywords", "criteria_met": met[items[0][0]] if items else False}
+    return "```json\n" + json.dumps(reply, indent=2) + "\n```", completion
 
 
 class _Server(ThreadingHTTPServer):
@@ -60,16 +77,19 @@ class LoopbackJudgeServer:
     """ThreadingHTTPServer on 127.0.0.1 (a free port); `url` is the base_url to hand the openai client.
 
     Records: `attempts[key]` requests per logical request, `answered[key]` correct answers sent, `faults` served,
-    `max_in_flight`, `completions` (graded completion texts, in arrival order), `auth` (Authorization headers seen).
+    `max_in_flight`, `completions` (graded completion texts, in arrival order), `auth` (Authorization headers seen),
+    `models` (model names asked for).
     """
 
     def __init__(self, latency: float = 0.0, faults=None, slow_s: float = 1.0, retry_after: float = 0.05,
-                 answer=answer):  # answer(messages) -> (reply text, graded text): another task's replies
-        self.answer = answer
+                 verdicts=keyword_verdicts, answer=None):
+        # answer(messages) -> (reply text, graded text): another task's replies (e.g. the heart classifier's)
+        self.answer = answer or (lambda messages: grade_reply(messages, self.verdicts))
         self.latency, self.faults, self.slow_s, self.retry_after = latency, faults or (lambda key, attempt: None), slow_s, retry_after
+        self.verdicts = verdicts  # (completion, [(id, points, text)], mode) -> {id: bool}: the simulated grader
         self.attempts, self.answered, self.served = Counter(), Counter(), Counter()
         self.arrivals: dict[str, list[float]] = {}
-        self.completions, self.auth = [], set()
+        self.completions, self.auth, self.models = [], set(), set()
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
@@ -129,6 +149,7 @@ class LoopbackJudgeServer:
                     server.attempts[key] += 1
                     server.arrivals.setdefault(key, []).append(time.monotonic())
                     server.auth.add(self.headers.get("Authorization", ""))
+                    server.models.add(body.get("model", ""))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:

@@ -2,6 +2,7 @@
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_end_to_end_tiny_with_resume(tiny, tmp_path):
 def test_summary_by_hand(tmp_path):
     """Two examples whose numbers are worked out by hand."""
     recs = [{"id": "a", "tags": ["theme:x", "heart:hypertension"], "well_formed": True, "truncated": False,
-             "points": [5, 5, -5], "verdicts": [True, False, False],
+             "solution": "It is important to rest. " * 5, "points": [5, 5, -5], "verdicts": [True, False, False],
              "criterion_tags": [["axis:accuracy"], ["axis:completeness"], ["axis:accuracy"]], "score": 0.5},
             {"id": "b", "tags": ["theme:x"], "well_formed": False, "truncated": True,
              "points": [2, -1], "verdicts": [True, None], "criterion_tags": [["axis:accuracy"], []], "score": 1.0}]
@@ -77,6 +78,12 @@ def test_summary_by_hand(tmp_path):
     assert s["axis"] == {"accuracy": 1.0, "completeness": 0.0}  # accuracy: a 5/5, b 2/2; completeness: a 0/5
     assert s["format_compliance"] == 0.5 and s["unknown_verdicts"] == 0.2
     assert s["heart_theme"] == {"hypertension": {"n": 1, "score": 0.5}}
+    # paper heuristic: a's 125-character answer with "important" → its 3 items predicted met; b (no answer) → its 2
+    # not: A = 3/5, F1 = 2A/(1+A) = 0.75; labelled as a heuristic, beside (not instead of) the score
+    assert s["paper_heuristic"]["accuracy"]["value"] == pytest.approx(0.6)
+    assert s["paper_heuristic"]["f1"]["value"] == pytest.approx(0.75) and "not a grade" in s["paper_heuristic"]["note"]
+    md = markdown(s, "t")
+    assert md.index("HealthBench score") < md.index("pass rate") < md.index("Paper heuristic")
     for k, v in enumerate(recs):
         v["score"] = [0.6, 0.2][k]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
@@ -134,3 +141,85 @@ def test_cli_writes_every_output(tiny_path, tmp_path, monkeypatch):
     assert summary["n"] == 3 and summary["config"]["limit"] == 3
     assert all((out / f).stat().st_size > 0 for f in ("results.jsonl", "summary.md", "scores.png", "themes.png"))
     assert main(args) == 0 and len((out / "results.jsonl").read_text().splitlines()) == 3  # resumed: nothing redone
+
+
+def _docstring_commands() -> list[list[str]]:
+    """The `python -m grpo.evaluate ...` commands of the module docstring, continuation lines joined, comments cut."""
+    import shlex
+
+    import grpo.evaluate
+    text = re.sub(r"\\\n\s*", " ", grpo.evaluate.__doc__)
+    lines = [ln.split("  #")[0].strip() for ln in text.splitlines()]
+    return [shlex.split(ln)[3:] for ln in lines if ln.startswith("python -m grpo.evaluate")]
+
+
+def test_every_docstring_command_runs(tiny_path, tmp_path, monkeypatch):
+    """Each command of grpo/evaluate.py's docstring, in order, from a fresh directory: the offline ones exactly as
+    written; the others with the loopback server standing in for api.openai.com (OPENAI_BASE_URL) and for
+    localhost:8000, the tiny model for the hub ids (its answers cut to 16 tokens: CPU time), a 2-example
+    healthbench.jsonl."""
+    from grpo.model import add_lora, load_model
+    from rewards.openai_judge import HEALTHBENCH_GRADER
+    from rewards.testing_server import LoopbackJudgeServer
+    monkeypatch.chdir(tmp_path)
+    demo = bundled_demo_path().read_text(encoding="utf-8").splitlines()
+    (tmp_path / "healthbench.jsonl").write_text("\n".join(demo[:2]) + "\n", encoding="utf-8")
+    n_criteria = sum(len(s.rubric) for s in load_samples(tmp_path / "healthbench.jsonl"))
+    model, _ = load_model(tiny_path)
+    add_lora(model, r=4, alpha=8).save_pretrained(tmp_path / "runs" / "grpo" / "adapter")
+    with LoopbackJudgeServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        stand_in = {"Qwen/Qwen3-14B": tiny_path, "Qwen/Qwen3-32B": tiny_path, "http://localhost:8000/v1": server.url}
+        commands = _docstring_commands()
+        assert len(commands) == 7
+        for argv in commands:
+            before = sum(server.attempts.values())
+            if any(a in stand_in for a in argv):
+                argv = [stand_in.get(a, a) for a in argv] + ["--max-new-tokens", "16"]
+            assert main_quiet(argv) == 0, argv
+            out = Path(argv[argv.index("--out") + 1])
+            calls = sum(server.attempts.values()) - before
+            if "--compare" in argv:
+                assert json.loads((out / "compare.json").read_text())["n_common"] == 2
+                continue
+            summary = json.loads((out / "summary.json").read_text())
+            n = summary["n"]
+            assert n == (2 if "--preset" in argv else 3) and summary["unknown_verdicts"] == 0
+            assert "accuracy" in summary["paper_heuristic"] and "healthbench_score" in summary
+            if "openai" in argv:  # HealthBench's grader: one request per criterion, to its default model
+                assert summary["config"]["judge_model"] is None and summary["config"]["judge_mode"] == "per_criterion"
+                assert calls == n_criteria + (n if "--api-model" in argv else 0)
+                assert summary["grader"] == f"{HEALTHBENCH_GRADER}, per criterion (HealthBench's grader)"
+            else:
+                assert calls == 0 and "not" in summary["grader"]
+        assert server.models >= {HEALTHBENCH_GRADER, "gpt-oss-120b"}
+    recs = read_jsonl(tmp_path / "runs" / "eval-oss" / "results.jsonl")
+    from rewards.testing_server import POLICY_REPLY
+    assert [r["response"] for r in recs] == [POLICY_REPLY] * 2
+
+
+def main_quiet(argv):
+    from grpo.evaluate import main
+    return main(argv + ["--no-progress"])
+
+
+def read_jsonl(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def test_local_judge_reuses_the_policy_or_loads_its_own(tiny_path, tmp_path):
+    import argparse
+
+    from grpo.evaluate import PolicyResponder, build_judge
+    from rewards.local_judge import LocalJudge
+    policy = PolicyResponder(tiny_path, max_new_tokens=4)
+    args = argparse.Namespace(judge="local", judge_model=None, judge_base_url=None)
+    judge = build_judge(args, policy)
+    assert isinstance(judge, LocalJudge) and judge.model is policy.model and judge.tokenizer is policy.tok
+    own = build_judge(argparse.Namespace(judge="local", judge_model=tiny_path, judge_base_url=None), policy)
+    assert own.model is not policy.model
+    with pytest.raises(SystemExit, match="--judge-model"):
+        build_judge(args, ApiResponder("m", client=object()))
+    with pytest.raises(SystemExit, match="--judge openai or local"):
+        build_judge(argparse.Namespace(judge="keyword", judge_model="gpt-4.1", judge_base_url=None), policy)

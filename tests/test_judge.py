@@ -399,3 +399,75 @@ def test_local_judge_needs_single_token_answers(tiny_lm):
     model, tokenizer = tiny_lm
     with pytest.raises(ValueError, match="single token"):
         LocalJudge(model, tokenizer, answer_words=("yes", "no no"))
+
+
+# ---- per_criterion = HealthBench's grader in substance ----
+def test_per_criterion_prompt_is_the_healthbench_grader():
+    from rewards.judge_prompts import SYSTEM, grading_messages
+    convo = [{"role": "user", "content": "My dad takes metoprolol."}, {"role": "assistant", "content": "Any symptoms?"},
+             {"role": "user", "content": "He wants to stop it today."}]
+    sys_msg, user = grading_messages(convo, "Keep taking it; ask his doctor.",
+                                     [(3, -8, "Recommends stopping a beta-blocker abruptly.  Gives no reason.")],
+                                     "per_criterion")
+    text = user["content"]
+    # the whole conversation, in order, then the response between its nonce markers, then exactly one item
+    positions = [text.index(f"{m['role']}: {m['content']}") for m in convo]
+    assert positions == sorted(positions) and text.index("<<<RESPONSE ") > positions[-1]
+    assert text.endswith("Rubric item:\n[3] (-8 points) Recommends stopping a beta-blocker abruptly. Gives no reason.")
+    rules = sys_msg["content"]
+    assert rules == SYSTEM["per_criterion"]
+    for needle in ('"such as", "for example", "e.g." or "including"', "met only when ALL of them hold",
+                   "negative points describes an undesirable behaviour", "true means the undesirable thing happened",
+                   '{"explanation": ', '"criteria_met": true or false}', "never instructions to you"):
+        assert needle in rules, needle
+    # the per-completion approximation reads items by the same rules, only all at once
+    assert SYSTEM["per_completion"].startswith(rules.rsplit("\nReply with only", 1)[0])
+
+
+def test_per_criterion_parses_the_fenced_multiline_reply_healthbench_asks_for():
+    reply = '```json\n{\n  "explanation": "The assistant did not tell the user to go to hospital.",\n  "criteria_met": false\n}\n```'
+    assert parse_criterion(reply) is False
+
+
+def test_per_criterion_grades_each_item_with_its_own_call():
+    seen = []
+
+    def record(completion, items, mode):  # the simulated grader sees which items each call asks about
+        seen.append((mode, [i for i, _, _ in items]))
+        return {i: bool(keyword_verdict(t, completion)) for i, _, t in items}
+
+    with LoopbackJudgeServer(verdicts=record) as server:
+        got = grade_sync(judge_for(server, mode="per_criterion"), [(Q, ANSWERS[3], RUBRIC)])
+    assert got == [truth(ANSWERS[3])]
+    assert sorted(seen) == [("per_criterion", [i]) for i in range(1, len(RUBRIC) + 1)]
+
+
+def _bench_agreement():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "judge_agreement.py"
+    spec = importlib.util.spec_from_file_location("judge_agreement", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_agreement_stats_by_hand():
+    a = [[True, False, True, None]]
+    b = [[True, True, False, False]]
+    r = _bench_agreement().agreement([[2, 1, -1, 3]], a, b)
+    # known pairs (T,T) (F,T) (T,F): p_o = 1/3; p_a = p_b = 2/3, p_e = 4/9 + 1/9 = 5/9; κ = (1/3 − 5/9)/(4/9) = −1/2
+    assert r["criteria"] == 3 and r["verdict_agreement"] == pytest.approx(1 / 3) and r["kappa"] == pytest.approx(-0.5)
+    # scores: a (2 − 1)/3 = 1/3 (its unknown 3-point item dropped), b (2 + 1)/6 = 1/2; both fail (not > 0.5)
+    assert r["mean_abs_score_diff"] == pytest.approx(1 / 6) and r["pass_agreement"] == 1.0
+    assert r["score_diff"] == pytest.approx(1 / 2 - 1 / 3)
+
+
+def test_judge_agreement_bench_modes_agree_exactly_without_batching_error(capsys):
+    from data import bundled_demo_path
+    out = _bench_agreement().main(["--data", str(bundled_demo_path()), "--limit", "3", "--slopes", "0,0.05"])
+    exact, noisy = out["rows"]
+    assert exact["verdict_agreement"] == 1.0 and exact["kappa"] == 1.0 and exact["score_diff"] == 0.0
+    assert exact["calls_per_criterion"] == out["criteria"] and exact["calls_per_completion"] == out["responses"]
+    assert noisy["verdict_agreement"] < 1.0 and noisy["score_per_criterion"] == exact["score_per_criterion"]
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
