@@ -3,7 +3,14 @@
     python -m grpo.model            # builds (or finds) the cached tiny model and prints its path and size
 
 The reference policy is the same weights with the LoRA adapter disabled (`peft`'s `disable_adapter()`), so it costs no
-memory. Only full fine-tuning keeps a frozen copy, which is why full fine-tuning is meant for small models.
+memory. Only full fine-tuning keeps a frozen copy, which is why full fine-tuning is meant for small models. A warm-start
+adapter (`--init_adapter`, the SFT output) is merged into the base first (`merge_adapter`), so "adapter off" is the SFT
+policy, as the GRPO papers' reference is, and the trainable LoRA on top has the run's own rank and alpha.
+
+Precision (`--dtype`): LoRA keeps the frozen base in the compute dtype and peft keeps the adapters in fp32. Full
+fine-tuning keeps the weights themselves in fp32 — they are what AdamW steps — and computes in bf16 under
+`torch.autocast` (`autocast`): a bf16 weight of scale 0.02 has a spacing of ~1e-4, so most lr·1 = 5e-6 Adam steps
+would round away.
 """
 from __future__ import annotations
 
@@ -49,6 +56,27 @@ def default_device() -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype auto | bf16 | fp32 → the dtype matmuls run in (auto: bf16 on CUDA, fp32 on CPU)."""
+    return default_dtype(device) if name == "auto" else DTYPES[name]
+
+
+def weights_dtype(compute: torch.dtype, full_finetune: bool) -> torch.dtype:
+    """The dtype to load the weights in: fp32 master weights when they are trained, else the compute dtype."""
+    return torch.float32 if full_finetune else compute
+
+
+def autocast(device: torch.device, compute: torch.dtype, weights: torch.dtype):
+    """bf16 compute over fp32 weights (full fine-tuning in bf16); a no-op context when the weights already are the
+    compute dtype. Wraps forwards only (sampling, log-probs), never the optimizer."""
+    if compute == weights:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=compute)
 
 
 def attention_implementation(device: torch.device) -> str:
@@ -175,6 +203,13 @@ def add_lora(model, *, r: int, alpha: int, dropout: float = 0.0, targets: str = 
     targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+def merge_adapter(model, adapter: str):
+    """Fold a PEFT adapter (the SFT warm start) into the base weights and return the plain model. A LoRA added after
+    this starts exactly at the SFT policy, and switching it off gives the SFT policy, not the pre-SFT base."""
+    from peft import PeftModel
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def is_peft(model) -> bool:

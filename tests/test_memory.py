@@ -1,4 +1,4 @@
-"""The memory planner (bench/memory.py) against hand counts, a saved-tensor census and measured CPU peaks.
+"""The memory planner (grpo/memory.py; its CLI is bench/memory.py) against hand counts, a saved-tensor census and measured CPU peaks.
 
     python -m pytest tests/test_memory.py
 
@@ -7,7 +7,7 @@ sum of those events over one training step (after a warm-up step, so AdamW state
 memory allocated on top of the resident weights and optimizer state — the quantity the planner calls
 peak_train − resident.
 """
-import importlib.util
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,10 +17,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "bench" / "memory.py")
-memory = importlib.util.module_from_spec(_spec)  # loaded by path, as the trainer does: bench/ is not a package
-_spec.loader.exec_module(memory)
-
+from grpo import memory  # noqa: E402 — the installed planner the trainer uses
 from grpo.model import SHAPES  # noqa: E402
 
 ALL_LINEAR = list(memory.LORA_TARGETS)
