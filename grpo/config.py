@@ -23,7 +23,8 @@ class Config:
     resume: str = field(default="", metadata={"help": "checkpoint dir to resume from ('auto' = latest in out/)"})
     # Model
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
-    init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from (e.g. the SFT output)"})
+    init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir merged into the base first (the SFT output): "
+                                                            "the start and the KL reference"})
     full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA (small models)"})
     fsdp: bool = field(default=False, metadata={"help": "full fine-tuning sharded over ranks with FSDP2 (else DDP)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -178,8 +179,6 @@ def validate(cfg: Config) -> None:
                          "or local judge is not sharded); use LoRA for beta > 0 or --judge local")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
         raise ValueError(f"--dtype={cfg.dtype} must be auto | bf16 | fp32")
-    if cfg.full_finetune and cfg.init_adapter:
-        raise ValueError("--init_adapter applies a LoRA adapter; drop --full_finetune")
 
 
 def to_json(cfg: Config) -> str:

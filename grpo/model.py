@@ -209,7 +209,8 @@ def merge_adapter(model, adapter: str):
     """Fold a PEFT adapter (the SFT warm start) into the base weights and return the plain model. A LoRA added after
     this starts exactly at the SFT policy, and switching it off gives the SFT policy, not the pre-SFT base."""
     from peft import PeftModel
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return merged.requires_grad_(True)  # peft froze the base; full fine-tuning trains it, add_lora freezes it again
 
 
 def is_peft(model) -> bool:

@@ -191,3 +191,23 @@ def test_cli_prints_table_and_json_last_line():
     import json
     last = json.loads(out.strip().splitlines()[-1])
     assert last["shape"] == "tiny" and last["max_micro_batch"] >= 1 and " GB" in out
+
+
+def test_trainer_budget_check_runs_from_an_installed_copy(tmp_path):
+    """The packages setup.py installs — and nothing else (no bench/) — are enough for the trainer's
+    --memory_budget_gb check: it warns with the planner's numbers when the paper's run cannot fit 10 GB."""
+    import re
+    packages = re.search(r"packages=\[([^\]]*)\]", (ROOT / "setup.py").read_text()).group(1)
+    for pkg in re.findall(r'"([^"]+)"', packages):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (tmp_path / "bench").exists()
+    code = (f"import grpo, types; assert grpo.__file__.startswith({str(tmp_path)!r}), grpo.__file__; "
+            "from grpo.config import Config; from grpo.model import SHAPES; "
+            "from grpo.train import check_memory_plan; "
+            "cfg = Config(memory_budget_gb=10.0, max_new_tokens=1024, max_prompt_len=512, num_generations=6); "
+            "check_memory_plan(cfg, types.SimpleNamespace(config=SHAPES['qwen3-14b']), "
+            "types.SimpleNamespace(write=print))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "WARNING: planned peak exceeds the budget" in out.stdout and "vs budget 10.0 GB" in out.stdout
