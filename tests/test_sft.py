@@ -82,7 +82,8 @@ def test_sft_flags_parse_like_train_flags():
         parse_args(["--step=3"], SFTConfig, presets=None)
 
 
-def _torchrun_sft(n: int, args: list, out) -> None:
+def _torchrun_sft(n: int, args: list, out) -> float:
+    """Run grpo/sft.py under torchrun with n gloo processes; returns the final NLL it prints (rank 0)."""
     import os
     import socket
     import subprocess
@@ -96,16 +97,18 @@ def _torchrun_sft(n: int, args: list, out) -> None:
            f"--master_port={port}", str(root / "grpo" / "sft.py"), *args, f"--out={out}"]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return float(done.stdout.split("final nll ")[1].split(")")[0])
 
 
 @pytest.mark.slow
 def test_two_process_sft_equals_one_process(tmp_path):
-    """The NLL is the token mean of the global batch: 2 ranks (whose targets have different token counts) end at
-    the adapter of 1 process on the same batch. Averaging per-rank token means would weight the ranks' tokens unequally."""
+    """The NLL is the token mean of the global batch: 2 ranks (whose targets have different token counts) report the
+    1-process NLL on the same batch and end at its adapter. (The adapter alone barely tells: Adam's first updates are
+    ~lr·sign(g), blind to how the ranks are weighted; the NLL after two updates is not.)"""
     from safetensors.torch import load_file
-    args = ["--steps=2", "--batch_size=4", "--max_len=48", "--lr=3e-3", "--lora_r=4"]
-    _torchrun_sft(1, args, tmp_path / "1")
-    _torchrun_sft(2, args, tmp_path / "2")
+    args = ["--steps=3", "--batch_size=4", "--max_len=48", "--lr=3e-3", "--lora_r=4"]
+    nll = {n: _torchrun_sft(n, args, tmp_path / str(n)) for n in (1, 2)}
+    assert nll[2] == pytest.approx(nll[1], rel=1e-4)
     w1 = load_file(tmp_path / "1" / "adapter" / "adapter_model.safetensors")
     w2 = load_file(tmp_path / "2" / "adapter" / "adapter_model.safetensors")
     assert w1.keys() == w2.keys()
