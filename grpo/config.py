@@ -23,8 +23,8 @@ class Config:
     resume: str = field(default="", metadata={"help": "checkpoint dir to resume from ('auto' = latest in out/)"})
     # Model
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
-    init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir merged into the base first (the SFT output): "
-                                                            "the start and the KL reference"})
+    init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from and use as the KL reference (the "
+                                                            "SFT output); LoRA keeps its r/alpha/targets"})
     full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA (small models)"})
     fsdp: bool = field(default=False, metadata={"help": "full fine-tuning sharded over ranks with FSDP2 (else DDP)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})

@@ -10,7 +10,7 @@ One step: B prompts → G samples each (grpo/rollout.py) → the judge grades ev
 completion tokens only (grpo/logprobs.py → kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW.
 
 How this departs from the GRPO paper, frankly: the reference policy is the model with the LoRA adapter switched off
-(no second copy; after an SFT warm start that is the SFT model, whose adapter is merged into the base first); at num_iterations = 1 the importance ratio is exactly 1, so no "old" forward is run; samples
+(no second copy; after an SFT warm start it is the SFT model: a frozen copy of the SFT adapter, which GRPO trains on); at num_iterations = 1 the importance ratio is exactly 1, so no "old" forward is run; samples
 whose reward the judge could not compute (every verdict unknown) are masked out of the loss instead of scored 0; and
 sampling noise is keyed by (seed, sequence), so a resumed or multi-process run draws the very same completions.
 """
@@ -38,7 +38,8 @@ import kernels
 from grpo.logprobs import check_kernels, completion_logprobs
 from grpo.loss import LOSSES
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
-from grpo.model import Reference, add_lora, autocast, compute_dtype, load_model, merge_adapter, weights_dtype
+from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
+                        weights_dtype)
 from grpo.rollout import concat_groups, generate
 from rewards import REWARDS
 from rewards.functions import rar_implicit
@@ -96,13 +97,16 @@ def main(argv: list) -> None:
     wdtype = weights_dtype(compute, cfg.full_finetune)
     amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)
-    if cfg.init_adapter:  # the SFT policy becomes the base: adapter off (the KL reference) = the SFT model
+    if cfg.init_adapter and cfg.full_finetune:  # train every weight of the SFT model; its frozen copy is the reference
         model = merge_adapter(model, cfg.init_adapter)
-    if not cfg.full_finetune:
+    elif cfg.init_adapter:  # train the SFT adapter on; a frozen copy of it is the reference (below)
+        model = continue_adapter(model, cfg.init_adapter)
+    elif not cfg.full_finetune:
         model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    reference = Reference(model, keep_copy=cfg.beta > 0 and cfg.full_finetune)  # taken before any update or resume
+    reference = Reference(model, keep_copy=cfg.beta > 0 and cfg.full_finetune,  # taken before any update or resume
+                          adapter=cfg.init_adapter if cfg.beta > 0 and not cfg.full_finetune else None)
     # DDP or FSDP2 wraps a module whose forward is the completion log-probs (grpo/dist.py); one process: no wrapper
     policy = dist.parallelize(model, "none" if world == 1 else "fsdp" if cfg.fsdp else "ddp")
     policy.train()  # from_pretrained returns eval mode, and HF checkpoints activations only in training mode
@@ -128,6 +132,10 @@ def main(argv: list) -> None:
     log = RunLogger(out, cfg.steps, start_step, cfg.tensorboard, cfg.plot) if rank == 0 else NullLogger()
     log.write(f"{len(samples)} samples | {sum(p.numel() for p in params):,} trainable params | world {world} | "
               f"B={cfg.prompts_per_step} G={G} | reward {cfg.reward} | judge {cfg.judge} | loss {cfg.loss}")
+    if cfg.init_adapter and not cfg.full_finetune:
+        lora = model.peft_config["default"]
+        log.write(f"--init_adapter: training its LoRA (r={lora.r}, alpha={lora.lora_alpha}); --lora_r, --lora_alpha "
+                  f"and --lora_targets do not apply")
     check_memory_plan(cfg, model, log)
     whole = gather_for_rollout(cfg, model, world, device)
     if device.type == "cuda" and cfg.logprob_impl == "fused" and kernels.HAS_TRITON:
@@ -171,7 +179,8 @@ def main(argv: list) -> None:
             return torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float32).view(-1, G)
         scores = {name: score(name) for name in reward_names}
         well_formed = torch.tensor([p.well_formed for p in parsed], dtype=torch.float32)
-        return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item()}
+        return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item(),
+                              "rollout_tokens": roll.completion_mask.sum()}  # sampled, kept or not
 
     for step in range(start_step + 1, cfg.steps + 1):
         t_step = time.perf_counter()
@@ -188,6 +197,7 @@ def main(argv: list) -> None:
                 r2, s2, e2 = rollout_and_score(next_prompts())
                 extra["time/rollout"] += e2["time/rollout"]  # every round's sampling and judging counts
                 extra["time/judge"] += e2["time/judge"]
+                extra["rollout_tokens"] = extra["rollout_tokens"] + e2["rollout_tokens"]
                 zero = zero_std_groups(s2[cfg.reward]).tolist()
                 varied += [(r2, s2, b) for b in range(B_r) if not zero[b]]
             pool = (varied + fillers)[:B_r]  # fillers only if rounds ran out; their advantage is 0
@@ -267,7 +277,7 @@ def main(argv: list) -> None:
             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped,
             "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
             "time/step": t_end - t_step,
-            "tok_per_s/rollout": roll.completion_mask.sum().item() * world / max(extra["time/rollout"], 1e-9),
+            "tok_per_s/rollout": extra["rollout_tokens"].item() * world / max(extra["time/rollout"], 1e-9),
             # completion tokens through a forward: μ policy passes (+ backward), + old (μ > 1), + reference (β > 0)
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
             "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,

@@ -2,11 +2,14 @@
 
     python -m pytest tests/test_model.py
 """
+import contextlib
+
 import pytest
 import torch
 
 from grpo.logprobs import completion_logprobs
-from grpo.model import Reference, add_lora, autocast, build_tiny, load_model, merge_adapter, weights_dtype
+from grpo.model import (Reference, add_lora, autocast, build_tiny, continue_adapter, load_model, merge_adapter,
+                        weights_dtype)
 
 CPU = torch.device("cpu")
 STEPS, LR = 10, 5e-6  # the paper's learning rate; Adam moves each weight by ~lr per step
@@ -80,24 +83,36 @@ def sft_adapter(tmp_path_factory):
     return path
 
 
+def _logp(model, ids, attn, cmask):
+    with torch.no_grad():
+        return completion_logprobs(model, ids, attn, cmask)
+
+
 def test_reference_after_sft_is_the_sft_model(sft_adapter):
-    """The trainer's --init_adapter path: merge the SFT adapter, add a fresh LoRA of the run's own rank. The reference
-    (adapter off) equals the SFT model (base + adapter, unmerged, loaded independently), not the pre-SFT base, and
-    the policy starts exactly there."""
+    """The trainer's --init_adapter paths. LoRA: GRPO trains the SFT adapter on and the reference is its frozen copy;
+    full fine-tuning: the adapter is merged and the reference is a copy of that. Either way the reference's log-probs
+    equal the SFT model's (base + adapter, loaded independently) — before and after policy updates — and not the
+    pre-SFT base's, which "adapter off" would give."""
     from peft import PeftModel
     path = build_tiny()
-    base, tok = load_model(path, device=CPU, dtype=torch.float32)
-    policy = add_lora(merge_adapter(base, str(sft_adapter)), r=4, alpha=8)
-    assert policy.peft_config["default"].r == 4 and policy.peft_config["default"].lora_alpha == 8  # honoured
-    sft = PeftModel.from_pretrained(load_model(path, device=CPU, dtype=torch.float32)[0], str(sft_adapter)).eval()
-    pre_sft = load_model(path, device=CPU, dtype=torch.float32)[0].eval()
-    ids, attn, cmask = _batch(len(tok), seed=2)
-    with torch.no_grad():
-        with Reference(policy, keep_copy=False).active() as ref:
-            ref_logp = completion_logprobs(ref, ids, attn, cmask)
-        policy_logp = completion_logprobs(policy, ids, attn, cmask)
-        sft_logp = completion_logprobs(sft, ids, attn, cmask)
-        base_logp = completion_logprobs(pre_sft, ids, attn, cmask)
-    torch.testing.assert_close(ref_logp, sft_logp, rtol=0, atol=1e-4)
-    torch.testing.assert_close(policy_logp, ref_logp, rtol=0, atol=0)   # fresh LoRA: B = 0
-    assert (ref_logp - base_logp).abs().max() > 1e-2                     # the warm start did change the model
+    fresh = lambda: load_model(path, device=CPU, dtype=torch.float32)[0]  # noqa: E731
+    sft = PeftModel.from_pretrained(fresh(), str(sft_adapter)).eval()
+    ids, attn, cmask = _batch(sft.config.vocab_size, seed=2)
+    sft_logp, base_logp = _logp(sft, ids, attn, cmask), _logp(fresh().eval(), ids, attn, cmask)
+    assert (sft_logp - base_logp).abs().max() > 1e-2  # the warm start did change the model
+
+    lora = continue_adapter(fresh(), str(sft_adapter))
+    ref = Reference(lora, keep_copy=False, adapter=str(sft_adapter))
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)
+    full = merge_adapter(fresh(), str(sft_adapter))
+    full_ref = Reference(full, keep_copy=True)
+    for policy, reference in ((lora, ref), (full, full_ref)):
+        torch.testing.assert_close(_logp(policy, ids, attn, cmask), sft_logp, rtol=0, atol=1e-4)  # starts at SFT
+        policy.train()
+        _moved_fraction(policy, contextlib.nullcontext, steps=3)  # lr 5e-6 is enough to change the log-probs
+        with reference.active() as m:
+            torch.testing.assert_close(_logp(m, ids, attn, cmask), sft_logp, rtol=0, atol=1e-4)
+        assert (_logp(policy, ids, attn, cmask) - sft_logp).abs().max() > 1e-6   # the policy did move
+    # switching to the reference and back leaves exactly the trained adapter trainable
+    assert {n for n, p in lora.named_parameters() if p.requires_grad} == trainable
