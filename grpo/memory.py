@@ -8,9 +8,12 @@ It lives in the installed package (not bench/) so the trainer's budget check wor
   train     weights + optimizer state + LoRA grads + saved activations of one micro-batch + the log-prob head's peak
 
 `plan(model_cfg, run) -> Plan` is a pure function of a Qwen3Config (or any object/dict with its fields) and a
-`RunShape`; `check(model_cfg, run, budget_gb) -> (ok, message)` is what the trainer calls. The activation terms are derived from the tensors autograd
-actually saves in transformers' Qwen3DecoderLayer with peft LoRA and SDPA (see `_saved_bytes_per_token_layer`);
-tests/test_memory.py checks them against a saved-tensor census and against peaks measured with torch.profiler.
+`RunShape`; `check(model_cfg, run, budget_gb) -> (ok, message)` is what the trainer calls, `run_shape(cfg)` maps its
+Config, `fsdp_rollout_fits` decides whether an FSDP2 rollout gathers the whole model once. The activation terms are
+derived from the tensors autograd actually saves in transformers' Qwen3DecoderLayer with peft LoRA and SDPA (see
+`_saved_bytes_per_token_layer`); tests/test_memory.py checks them against a saved-tensor census and against peaks
+measured with torch.profiler. Full fine-tuning is planned as the trainer runs it: fp32 master weights, grads and
+AdamW states (and the fp32 reference copy), bf16 activations plus autocast's bf16 weight copies.
 """
 
 from dataclasses import asdict, dataclass

@@ -10,8 +10,9 @@ One step: B prompts → G samples each (grpo/rollout.py) → the judge grades ev
 completion tokens only (grpo/logprobs.py → kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW.
 
 How this departs from the GRPO paper, frankly: the reference policy is the model with the LoRA adapter switched off
-(no second copy; after an SFT warm start it is the SFT model: a frozen copy of the SFT adapter, which GRPO trains on); at num_iterations = 1 the importance ratio is exactly 1, so no "old" forward is run; samples
-whose reward the judge could not compute (every verdict unknown) are masked out of the loss instead of scored 0; and
+(no second copy; after an SFT warm start it is the SFT model, through a frozen copy of the SFT adapter that GRPO
+trains on); at num_iterations = 1 the importance ratio is exactly 1, so no "old" forward is run; samples whose
+reward the judge could not compute (every verdict unknown) are masked out of the loss instead of scored 0; and
 sampling noise is keyed by (seed, sequence), so a resumed or multi-process run draws the very same completions.
 """
 from __future__ import annotations

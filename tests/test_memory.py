@@ -1,4 +1,5 @@
-"""The memory planner (grpo/memory.py; its CLI is bench/memory.py) against hand counts, a saved-tensor census and measured CPU peaks.
+"""The memory planner (grpo/memory.py; CLI bench/memory.py) against hand counts, a saved-tensor census and measured
+CPU peaks.
 
     python -m pytest tests/test_memory.py
 
