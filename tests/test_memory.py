@@ -212,3 +212,29 @@ def test_trainer_budget_check_runs_from_an_installed_copy(tmp_path):
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "WARNING: planned peak exceeds the budget" in out.stdout and "vs budget 10.0 GB" in out.stdout
+
+
+def test_full_finetune_plans_fp32_master_weights_and_the_fsdp_rollout_gather():
+    """Full fine-tuning as the trainer runs it in bf16: fp32 weights + fp32 reference copy + autocast's bf16 copies,
+    fp32 grads and AdamW moments. An FSDP2 rank gathering the whole 14B model for a rollout holds the fp32 weights in
+    full plus its 1/world share of weights and moments (3 × fp32) — by hand, against an 80 GB card."""
+    n = memory.param_count(SHAPES["qwen3-14b"])
+    run = memory.RunShape(full_finetune=True, lora_r=0, dtype="bfloat16")
+    p = memory.plan(SHAPES["qwen3-14b"], run)
+    assert p.weights == n * (4 + 4 + 2) and p.grads == 4 * n and p.optimizer == 8 * n
+    for world in (8, 64):
+        gathered = 4 * n + 3 * 4 * n / world + p.kv_cache + p.prefill
+        fits = gathered * (1 + memory.SLACK_FRAC) + memory.CONTEXT_BYTES <= 80e9
+        assert memory.fsdp_rollout_fits(SHAPES["qwen3-14b"], run, 80, world) == fits
+    assert not memory.fsdp_rollout_fits(SHAPES["qwen3-14b"], run, 80, 8)      # 59 + 22 GB of weights alone
+    assert memory.fsdp_rollout_fits(SHAPES["qwen3-0.6b"], replace(run, prompts_per_step=1), 80, 8)
+
+
+def test_run_shape_follows_the_trainer_config():
+    from grpo.config import parse_args
+    cfg = parse_args(["--preset", "qwen3-14b-rtx6000", "--data", "x.jsonl"])
+    run = memory.run_shape(cfg)
+    got = (run.G, run.completion_len, run.prompt_len, run.micro_batch, run.rollout_batch, run.lora_r)
+    assert got == (6, 1024, 512, 6, 24, 16)
+    assert run.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
+    assert memory.run_shape(parse_args(["--dtype=bf16"])).dtype == "bfloat16"
