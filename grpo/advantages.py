@@ -9,22 +9,32 @@ std, so one unjudgeable answer neither moves its siblings' advantages nor gets p
 Standard deviations are sample stds (Bessel, n − 1), as `torch.std` in TRL and DeepSeekMath's reference code.
 No eps is added anywhere: a group whose finite rewards are all equal carries no learning signal, and we give it
 advantage exactly 0 instead of ±(rounding residue)/eps, which for a constant group can be arbitrarily large.
+"All equal" has a tolerance: a group whose spread (max − min) is at most SPREAD_RTOL = 1e-5 of the reward scale
+(the largest |reward| in the batch, at least 1) is zero-variance. Rewards that differ only by float rounding (1e-6
+on a 0–20 Hybrid score; float32 resolves ~2e-6 there) would otherwise be divided by their own tiny std and get
+full-size ±1 advantages; the smallest real difference of a rubric reward (one criterion) is orders of magnitude larger.
 """
 import torch
 from torch import Tensor
 
 
+SPREAD_RTOL = 1e-5
+
+
 def zero_std_groups(rewards: Tensor) -> Tensor:
-    """(B,) bool: groups whose finite rewards are all equal, or that have fewer than two of them.
+    """(B,) bool: groups whose finite rewards are all equal (spread ≤ SPREAD_RTOL · max(1, max |reward|) of the
+    batch), or that have fewer than two of them.
 
     These groups have zero advantage for every sample; the loop logs their fraction (`frac_reward_zero_std`)
-    and DAPO's dynamic sampling drops them. Compared exactly (max == min), not as std < eps, because
+    and DAPO's dynamic sampling drops them. Compared on max − min, not as std < eps, because
     `r - mean(r)` of a constant group is not exactly 0 in floating point (0.1 + 0.1 + 0.1 != 0.3).
     """
     valid = torch.isfinite(rewards)  # (B, G)
     hi = torch.where(valid, rewards, -torch.inf).amax(dim=1)  # (B,)
     lo = torch.where(valid, rewards, torch.inf).amin(dim=1)  # (B,)
-    return hi <= lo  # no finite reward: -inf <= inf; one, or all equal: hi == lo
+    scale = torch.where(valid, rewards.abs(), 0.0).amax().clamp(min=1.0)  # () the batch's reward scale
+    few = valid.sum(dim=1) < 2  # (B,) no or one finite reward
+    return few | (hi - lo <= SPREAD_RTOL * scale)
 
 
 def _group_std(r: Tensor, valid: Tensor, centred: Tensor) -> Tensor:

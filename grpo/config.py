@@ -23,7 +23,8 @@ class Config:
     resume: str = field(default="", metadata={"help": "checkpoint dir to resume from ('auto' = latest in out/)"})
     # Model
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
-    init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from (e.g. the SFT output)"})
+    init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from and use as the KL reference (the "
+                                                            "SFT output); LoRA keeps its r/alpha/targets"})
     full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA (small models)"})
     fsdp: bool = field(default=False, metadata={"help": "full fine-tuning sharded over ranks with FSDP2 (else DDP)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -31,6 +32,8 @@ class Config:
     lora_targets: str = field(default="all-linear", metadata={"help": "'all-linear' or comma list of module names"})
     grad_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (saves memory)"})
     logprob_impl: str = field(default="fused", metadata={"help": "fused | selective | reference (see grpo/logprobs.py)"})
+    dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; "
+                                                          "full fine-tuning keeps fp32 master weights either way"})
     # Data
     data: str = field(default="demo", metadata={"help": "JSONL/parquet of samples; 'demo' = bundled heart sample"})
     max_prompt_len: int = field(default=1024, metadata={"help": "prompt tokens kept (left-truncated), tokens"})
@@ -102,14 +105,19 @@ def _coerce(name: str, typ, raw: str):
         raise ValueError(f"--{name} expects {conv.__name__}, got {raw!r}") from None
 
 
-def parse_args(argv: list) -> Config:
-    """Config from `--preset NAME` and `--key=value` flags; unknown keys are an error that lists the close matches."""
-    known = {f.name: f for f in fields(Config)}
+def parse_args(argv: list, cls=None, presets: dict | None = None, check=None, usage: str = ""):
+    """A `cls` dataclass (default Config, with PRESETS and validate()) from `--preset NAME` and `--key=value` or
+    `--key value` flags; unknown keys are an error that lists the close matches. Entry points with their own
+    dataclass (grpo/sft.py) pass it with presets=None (then there is no --preset) and their own check."""
+    if cls is None:
+        cls, presets, check = Config, PRESETS, validate
+        usage = usage or TRAIN_USAGE
+    known = {f.name: f for f in fields(cls)}
     pairs, i = [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(help_text())
+            print(help_text(cls, presets, usage))
             raise SystemExit(0)
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}; flags look like --key=value (see --help)")
@@ -129,13 +137,17 @@ def parse_args(argv: list) -> Config:
             raise ValueError(f"unknown flag --{key}" + (f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""))
         pairs.append((key, value))
         i += 1
-    preset = dict(pairs).get("preset", Config.preset)
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = Config(**{**PRESETS[preset], "preset": preset})
+    base = {}
+    if presets is not None:
+        preset = dict(pairs).get("preset", cls.preset)
+        if preset not in presets:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+        base = {**presets[preset], "preset": preset}
+    cfg = cls(**base)
     for key, value in pairs:
         setattr(cfg, key, _coerce(key, known[key].type, value))
-    validate(cfg)
+    if check is not None:
+        check(cfg)
     return cfg
 
 
@@ -165,16 +177,22 @@ def validate(cfg: Config) -> None:
     if cfg.fsdp and (cfg.beta > 0 or cfg.judge == "local"):
         raise ValueError("--fsdp supports beta=0 and a remote or keyword judge (a frozen full copy for the reference "
                          "or local judge is not sharded); use LoRA for beta > 0 or --judge local")
-    if cfg.full_finetune and cfg.init_adapter:
-        raise ValueError("--init_adapter applies a LoRA adapter; drop --full_finetune")
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--dtype={cfg.dtype} must be auto | bf16 | fp32")
 
 
 def to_json(cfg: Config) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=2)
 
 
-def help_text() -> str:
-    lines = ["usage: torchrun grpo/train.py [--preset NAME] [--key=value ...]", f"presets: {', '.join(PRESETS)}", ""]
-    for f in fields(Config):
+TRAIN_USAGE = "usage: torchrun grpo/train.py [--preset NAME] [--key=value ...]"
+
+
+def help_text(cls=None, presets: dict | None = None, usage: str = "") -> str:
+    """One line per field: `--name  help (default ...)`; the same format for every entry point."""
+    if cls is None:
+        cls, presets, usage = Config, PRESETS, usage or TRAIN_USAGE
+    lines = [usage or "usage: [--key=value ...]"] + ([f"presets: {', '.join(presets)}"] if presets else []) + [""]
+    for f in fields(cls):
         lines.append(f"  --{f.name:<20} {f.metadata.get('help', '')} (default {f.default!r})")
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""torch.distributed setup for torchrun: gloo on CPU, NCCL on GPU; also runs as a plain `python` process (world 1).
+"""torch.distributed setup for torchrun: gloo on CPU; on GPU one group with two backends, "cpu:gloo,cuda:nccl"
+(NCCL for CUDA tensors — gradients, FSDP2 shards —, gloo for the host-side rewards, votes and metrics, which NCCL
+cannot reduce); also runs as a plain `python` process (world 1).
 
     torchrun --standalone --nproc_per_node=2 grpo/train.py --steps 4
 """
@@ -11,13 +13,18 @@ import torch
 import torch.distributed as dist
 
 
+def backend() -> str:
+    """The process-group backend string: every collective is dispatched by its tensor's device type, so a CUDA run
+    needs a backend for CPU tensors too (an NCCL-only group fails on the first CPU all-reduce)."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
 def init() -> tuple[int, int, torch.device]:
     """(rank, world_size, device). Initialises the process group when launched by torchrun."""
     if "RANK" in os.environ and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
+        dist.init_process_group(backend())
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return rank, world, device
@@ -120,14 +127,26 @@ def gradient_sync(policy, enabled: bool):
 
 
 @contextlib.contextmanager
-def root_unsharded(policy):
+def root_unsharded(policy, whole: bool = False):
     """Calls into the HF model that bypass the policy's forward (sampling) need FSDP2's root parameters (embeddings,
-    final norm, LM head) gathered; the decoder layers gather their own in their forward hooks."""
+    final norm, LM head) gathered; the decoder layers gather their own in their forward hooks.
+
+    whole=True (a rollout): gather every decoder layer too, once, and keep it gathered until the context exits.
+    Otherwise a sharded layer all-gathers and frees its weights in every forward, i.e. once per layer per decoded
+    token. It costs the full unsharded weights on every rank for the rollout (the memory planner checks that)."""
     if not is_sharded(policy):
         yield
         return
-    policy.unshard()
+    layers = [m for m in policy.modules() if is_sharded(m) and m is not policy] if whole else []  # FSDP2 units
+    for m in layers:  # their post-forward hooks now keep the weights (the root never runs a forward here)
+        m.set_reshard_after_forward(False, recurse=False)
+    modules = [policy, *layers]
+    for m in modules:
+        m.unshard()  # not recursive: one all-gather per FSDP2 unit
     try:
         yield
     finally:
-        policy.reshard()
+        for m in modules:
+            m.reshard()
+        for m in layers:
+            m.set_reshard_after_forward(True, recurse=False)  # parallelize()'s fully_shard default

@@ -3,7 +3,15 @@
     python -m grpo.model            # builds (or finds) the cached tiny model and prints its path and size
 
 The reference policy is the same weights with the LoRA adapter disabled (`peft`'s `disable_adapter()`), so it costs no
-memory. Only full fine-tuning keeps a frozen copy, which is why full fine-tuning is meant for small models.
+memory. Only full fine-tuning keeps a frozen copy, which is why full fine-tuning is meant for small models. After an SFT
+warm start (`--init_adapter`) the reference is the SFT model, as in the GRPO papers, not the pre-SFT base: LoRA trains
+the SFT adapter on and keeps a frozen copy of it as a second adapter, "reference" (a few MB), which `Reference.active`
+switches to; full fine-tuning merges the SFT adapter into the weights first (`merge_adapter`) and copies that.
+
+Precision (`--dtype`): LoRA keeps the frozen base in the compute dtype and peft keeps the adapters in fp32. Full
+fine-tuning keeps the weights themselves in fp32 — they are what AdamW steps — and computes in bf16 under
+`torch.autocast` (`autocast`): a bf16 weight of scale 0.02 has a spacing of ~1e-4, so most lr·1 = 5e-6 Adam steps
+would round away.
 """
 from __future__ import annotations
 
@@ -49,6 +57,27 @@ def default_device() -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype auto | bf16 | fp32 → the dtype matmuls run in (auto: bf16 on CUDA, fp32 on CPU)."""
+    return default_dtype(device) if name == "auto" else DTYPES[name]
+
+
+def weights_dtype(compute: torch.dtype, full_finetune: bool) -> torch.dtype:
+    """The dtype to load the weights in: fp32 master weights when they are trained, else the compute dtype."""
+    return torch.float32 if full_finetune else compute
+
+
+def autocast(device: torch.device, compute: torch.dtype, weights: torch.dtype):
+    """bf16 compute over fp32 weights (full fine-tuning in bf16); a no-op context when the weights already are the
+    compute dtype. Wraps forwards only (sampling, log-probs), never the optimizer."""
+    if compute == weights:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=compute)
 
 
 def attention_implementation(device: torch.device) -> str:
@@ -177,24 +206,54 @@ def add_lora(model, *, r: int, alpha: int, dropout: float = 0.0, targets: str = 
     return get_peft_model(model, cfg)
 
 
+def merge_adapter(model, adapter: str):
+    """Fold a PEFT adapter (the SFT warm start) into the base weights and return the plain model. A LoRA added after
+    this starts exactly at the SFT policy, and switching it off gives the SFT policy, not the pre-SFT base."""
+    from peft import PeftModel
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return merged.requires_grad_(True)  # peft froze the base; full fine-tuning trains it, add_lora freezes it again
+
+
+def continue_adapter(model, adapter: str):
+    """The model with a saved PEFT adapter (the SFT output) applied and trainable: GRPO continues it, with its own
+    rank, alpha and targets, so a checkpoint's adapter alone is the whole policy (grpo.evaluate --adapter)."""
+    from peft import PeftModel
+    return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 class Reference:
-    """The frozen reference policy. With LoRA it is the policy itself under `disable_adapter()` (no memory); with full
-    fine-tuning a frozen copy taken at start (small models only). Use as `with ref.active() as model: ...`."""
+    """The frozen reference policy. With LoRA it is the policy itself under `disable_adapter()` (no memory), or, when
+    the LoRA continues a warm-start adapter (`adapter`: its directory), that adapter's frozen copy loaded as a second
+    adapter; with full fine-tuning a frozen copy taken at start (small models only). Use as
+    `with ref.active() as model: ...`."""
 
-    def __init__(self, policy, keep_copy: bool):
+    def __init__(self, policy, keep_copy: bool, adapter: str | None = None):
         self.policy = policy
         self.copy = None
+        self.adapter = None
         if keep_copy and not is_peft(policy):
             self.copy = copy.deepcopy(policy).eval().requires_grad_(False)
+        elif adapter and is_peft(policy):
+            policy.load_adapter(adapter, adapter_name="reference", is_trainable=False)
+            self.adapter = "reference"
 
     @contextlib.contextmanager
     def active(self):
         if self.copy is not None:
             yield self.copy
+        elif self.adapter is not None:
+            trained = self.policy.active_adapter
+            # set_adapter also sets requires_grad: the frozen copy on (inference_mode), the trained one off; switching
+            # back restores both before any backward, so the optimizer and DDP see what they saw at start
+            self.policy.set_adapter(self.adapter, inference_mode=True)
+            try:
+                yield self.policy
+            finally:
+                self.policy.set_adapter(trained)
         elif is_peft(self.policy):
             with self.policy.disable_adapter():
                 yield self.policy

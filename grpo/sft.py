@@ -4,16 +4,21 @@
     torchrun grpo/train.py --init_adapter runs/sft/adapter ...
     torchrun grpo/sft.py --steps 20 --out runs/sft-demo                              # CPU demo on the bundled sample
 
-The target is `format_target(reasoning, reference)`: the reasoning trace (from `data.augment`, a JSONL of
-{"id", "reasoning"}; empty when absent) between <start_working_out> tags, the reference answer between <SOLUTION> tags,
-then EOS. A sample's own `reasoning` (the paper's `synthetic_reasoning` field) is used when no trace file covers it. The loss is the mean negative log-likelihood of target tokens, through the same `completion_logprobs` as GRPO.
+Flags as in grpo/train.py (`--key value` or `--key=value`, `--help` lists them). The target is
+`format_target(reasoning, reference)`: the reasoning trace (from `data.augment`, a JSONL of {"id", "reasoning"}; empty
+when absent) between <start_working_out> tags, the reference answer between <SOLUTION> tags, then EOS — unless
+`--max_len` cut the target, which then ends without EOS (it must not learn to stop mid-answer). A sample's own
+`reasoning` (the paper's `synthetic_reasoning` field) is used when no trace file covers it. The loss is the negative
+log-likelihood of target tokens averaged over every target token of the step on all ranks (not a mean of per-rank
+means), through the same `completion_logprobs` as GRPO. Then GRPO with `--init_adapter` merges this adapter into the
+base, so its KL reference is this SFT model.
 """
 from __future__ import annotations
 
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # `torchrun grpo/sft.py` puts grpo/ first on sys.path; we want the repo root
@@ -25,9 +30,9 @@ from tqdm import tqdm
 from data import bundled_demo_path, load_samples
 from data.format import format_target, to_messages
 from grpo import dist
-from grpo.config import _coerce
+from grpo.config import parse_args
 from grpo.logprobs import completion_logprobs
-from grpo.model import add_lora, default_dtype, load_model
+from grpo.model import add_lora, compute_dtype, load_model
 
 
 @dataclass
@@ -43,13 +48,25 @@ class SFTConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     seed: int = field(default=0, metadata={"help": "seed for init and data order"})
+    dtype: str = field(default="auto", metadata={"help": "base weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; "
+                                                          "the LoRA adapter is fp32"})
+
+
+def _validate(cfg: SFTConfig) -> None:
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--dtype={cfg.dtype} must be auto | bf16 | fp32")
+    if cfg.max_len < 1 or cfg.steps < 0:
+        raise ValueError("--max_len must be >= 1 and --steps >= 0")
 
 
 def encode(tokenizer, messages: list, target: str, max_len: int):
-    """Prompt ids (chat template + generation prompt) and target ids (+ EOS), as 1-D tensors."""
+    """Prompt ids (chat template + generation prompt) and target ids, as 1-D tensors: at most max_len target tokens,
+    ending in EOS only when the whole target fits (a cut target must not teach the model to stop there)."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     p = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    t = tokenizer(target, add_special_tokens=False, return_tensors="pt")["input_ids"][0][: max_len - 1]
+    t = tokenizer(target, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    if len(t) + 1 > max_len:
+        return p, t[:max_len]
     return p, torch.cat([t, torch.tensor([tokenizer.eos_token_id])])
 
 
@@ -68,11 +85,8 @@ def collate(pairs: list, pad_id: int):
 
 
 def main(argv: list) -> None:
-    known = {f.name: f for f in fields(SFTConfig)}
-    kv = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv)
-    if bad := [k for k in kv if k.replace("-", "_") not in known]:
-        raise SystemExit(f"unknown flag(s) {bad}; known: {sorted(known)}")
-    cfg = SFTConfig(**{k.replace("-", "_"): _coerce(k, known[k.replace("-", "_")].type, v) for k, v in kv.items()})
+    cfg = parse_args(argv, SFTConfig, presets=None, check=_validate,
+                     usage="usage: torchrun grpo/sft.py [--key=value ...]")
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     samples = [s for s in load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data) if s.reference]
@@ -84,7 +98,7 @@ def main(argv: list) -> None:
             rec = json.loads(line) if line.strip() else None
             if rec:
                 traces[rec["id"]] = rec["reasoning"]
-    model, tok = load_model(cfg.model, device=device, dtype=default_dtype(device))
+    model, tok = load_model(cfg.model, device=device, dtype=compute_dtype(cfg.dtype, device))
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
@@ -98,11 +112,15 @@ def main(argv: list) -> None:
                         cfg.max_len) for i in idx]
         ids, attn, cmask = (x.to(device) for x in collate(pairs, tok.pad_token_id))
         logp = completion_logprobs(model, ids, attn, cmask)                           # (S, T)
-        loss = -(logp * cmask).sum() / cmask.sum()
+        # ÷ the target tokens of all ranks, and the gradients summed (not averaged) over ranks: the token mean of the
+        # global batch, whatever the ranks' share of tokens
+        tokens = dist.all_reduce_sum(cmask.sum().float())
+        loss = -(logp * cmask).sum() / tokens.clamp(min=1)
         loss.backward()
         if world > 1:
             for p in params:
-                dist.all_reduce_sum(p.grad).div_(world)
+                dist.all_reduce_sum(p.grad)
+        loss = dist.all_reduce_sum(loss.detach())  # the global NLL per token, for the progress bar
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(nll=f"{loss.item():.3f}")  # sync: once per step, for the progress bar

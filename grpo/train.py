@@ -9,15 +9,15 @@ One step: B prompts → G samples each (grpo/rollout.py) → the judge grades ev
 → a rubric reward per sample (rewards/functions.py) → group-relative advantages (grpo/advantages.py) → log-probs of
 completion tokens only (grpo/logprobs.py → kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW.
 
-How this departs from the GRPO paper, frankly: the reference policy is the base model with the LoRA adapter switched
-off (no second copy); at num_iterations = 1 the importance ratio is exactly 1, so no "old" forward is run; samples
-whose reward the judge could not compute (every verdict unknown) are masked out of the loss instead of scored 0; and
+How this departs from the GRPO paper, frankly: the reference policy is the model with the LoRA adapter switched off
+(no second copy; after an SFT warm start it is the SFT model, through a frozen copy of the SFT adapter that GRPO
+trains on); at num_iterations = 1 the importance ratio is exactly 1, so no "old" forward is run; samples whose
+reward the judge could not compute (every verdict unknown) are masked out of the loss instead of scored 0; and
 sampling noise is keyed by (seed, sequence), so a resumed or multi-process run draws the very same completions.
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import random
 import sys
@@ -39,7 +39,8 @@ import kernels
 from grpo.logprobs import check_kernels, completion_logprobs
 from grpo.loss import LOSSES
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
-from grpo.model import Reference, add_lora, default_dtype, load_model
+from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
+                        weights_dtype)
 from grpo.rollout import concat_groups, generate
 from rewards import REWARDS
 from rewards.functions import rar_implicit
@@ -59,21 +60,23 @@ def lr_lambda(cfg, total_updates: int):
 
 
 def check_memory_plan(cfg, model, log) -> None:
-    """Warn, with the planner's numbers, before a run that will not fit (bench/memory.py)."""
-    planner = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
-    if not (cfg.memory_budget_gb and planner.exists()):
+    """Warn, with the planner's numbers, before a run that will not fit (grpo/memory.py)."""
+    if not cfg.memory_budget_gb:
         return
-    spec = importlib.util.spec_from_file_location("grpo_memory_planner", planner)
-    memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory)
-    run = memory.RunShape(prompts_per_step=cfg.prompts_per_step, G=cfg.num_generations, prompt_len=cfg.max_prompt_len,
-                          completion_len=cfg.max_new_tokens, micro_batch=cfg.micro_batch or cfg.num_generations,
-                          rollout_batch=cfg.rollout_batch,
-                          lora_r=0 if cfg.full_finetune else cfg.lora_r, grad_checkpointing=cfg.grad_checkpointing,
-                          logprob_impl="naive" if cfg.logprob_impl == "reference" else cfg.logprob_impl,
-                          full_finetune=cfg.full_finetune)
-    fits, message = memory.check(model.config, run, cfg.memory_budget_gb)
+    from grpo import memory
+    fits, message = memory.check(model.config, memory.run_shape(cfg), cfg.memory_budget_gb)
     log.write(("" if fits else "WARNING: planned peak exceeds the budget\n") + message)
+
+
+def gather_for_rollout(cfg, model, world: int, device) -> bool:
+    """FSDP2: gather the whole model once per rollout instead of every layer for every token, when the planner says a
+    rank can hold it (budget: --memory_budget_gb, else the GPU's memory; no limit on CPU)."""
+    if not (cfg.fsdp and world > 1):
+        return False
+    from grpo import memory
+    budget = cfg.memory_budget_gb or (torch.cuda.get_device_properties(device).total_memory / 1e9
+                                      if device.type == "cuda" else 0.0)
+    return not budget or memory.fsdp_rollout_fits(model.config, memory.run_shape(cfg), budget, world)
 
 
 def main(argv: list) -> None:
@@ -90,15 +93,21 @@ def main(argv: list) -> None:
 
     # ---- data, model, judge ----
     samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
-    model, tokenizer = load_model(cfg.model, device=device, dtype=default_dtype(device))
-    if cfg.init_adapter:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    # full fine-tuning: fp32 master weights (what AdamW steps) under bf16 autocast; LoRA: base in the compute dtype
+    compute = compute_dtype(cfg.dtype, device)
+    wdtype = weights_dtype(compute, cfg.full_finetune)
+    amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
+    model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)
+    if cfg.init_adapter and cfg.full_finetune:  # train every weight of the SFT model; its frozen copy is the reference
+        model = merge_adapter(model, cfg.init_adapter)
+    elif cfg.init_adapter:  # train the SFT adapter on; a frozen copy of it is the reference (below)
+        model = continue_adapter(model, cfg.init_adapter)
     elif not cfg.full_finetune:
         model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    reference = Reference(model, keep_copy=cfg.beta > 0 and cfg.full_finetune)  # taken before any update or resume
+    reference = Reference(model, keep_copy=cfg.beta > 0 and cfg.full_finetune,  # taken before any update or resume
+                          adapter=cfg.init_adapter if cfg.beta > 0 and not cfg.full_finetune else None)
     # DDP or FSDP2 wraps a module whose forward is the completion log-probs (grpo/dist.py); one process: no wrapper
     policy = dist.parallelize(model, "none" if world == 1 else "fsdp" if cfg.fsdp else "ddp")
     policy.train()  # from_pretrained returns eval mode, and HF checkpoints activations only in training mode
@@ -124,7 +133,12 @@ def main(argv: list) -> None:
     log = RunLogger(out, cfg.steps, start_step, cfg.tensorboard, cfg.plot) if rank == 0 else NullLogger()
     log.write(f"{len(samples)} samples | {sum(p.numel() for p in params):,} trainable params | world {world} | "
               f"B={cfg.prompts_per_step} G={G} | reward {cfg.reward} | judge {cfg.judge} | loss {cfg.loss}")
+    if cfg.init_adapter and not cfg.full_finetune:
+        lora = model.peft_config["default"]
+        log.write(f"--init_adapter: training its LoRA (r={lora.r}, alpha={lora.lora_alpha}); --lora_r, --lora_alpha "
+                  f"and --lora_targets do not apply")
     check_memory_plan(cfg, model, log)
+    whole = gather_for_rollout(cfg, model, world, device)
     if device.type == "cuda" and cfg.logprob_impl == "fused" and kernels.HAS_TRITON:
         with dist.root_unsharded(policy):  # FSDP2: the head weight gathered
             log.write(f"kernel self-check: {check_kernels(model.get_output_embeddings().weight)}")
@@ -148,7 +162,7 @@ def main(argv: list) -> None:
     def rollout_and_score(picked):
         """Sample G completions per prompt, grade them, return (rollouts, rewards (B_r, G) NaN = unknown, extras)."""
         t0 = time.perf_counter()
-        with dist.root_unsharded(policy):
+        with dist.root_unsharded(policy, whole=whole), amp():
             roll = generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
@@ -166,7 +180,8 @@ def main(argv: list) -> None:
             return torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float32).view(-1, G)
         scores = {name: score(name) for name in reward_names}
         well_formed = torch.tensor([p.well_formed for p in parsed], dtype=torch.float32)
-        return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item()}
+        return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item(),
+                              "rollout_tokens": roll.completion_mask.sum()}  # sampled, kept or not
 
     for step in range(start_step + 1, cfg.steps + 1):
         t_step = time.perf_counter()
@@ -180,7 +195,10 @@ def main(argv: list) -> None:
             for _ in range(cfg.max_resample_rounds):
                 if not dist.all_reduce_sum(torch.tensor(float(len(varied) < B_r))).item():  # sync: all ranks agree
                     break
-                r2, s2, _ = rollout_and_score(next_prompts())
+                r2, s2, e2 = rollout_and_score(next_prompts())
+                extra["time/rollout"] += e2["time/rollout"]  # every round's sampling and judging counts
+                extra["time/judge"] += e2["time/judge"]
+                extra["rollout_tokens"] = extra["rollout_tokens"] + e2["rollout_tokens"]
                 zero = zero_std_groups(s2[cfg.reward]).tolist()
                 varied += [(r2, s2, b) for b in range(B_r) if not zero[b]]
             pool = (varied + fillers)[:B_r]  # fillers only if rounds ran out; their advantage is 0
@@ -202,7 +220,7 @@ def main(argv: list) -> None:
         mb = cfg.micro_batch or S
         chunks = [slice(i, min(i + mb, S)) for i in range(0, S, mb)]
         old_logp = ref_logp = None
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             if cfg.num_iterations > 1:  # μ = 1: old = current policy, ratio ≡ 1, no extra forward
                 old_logp = torch.cat([policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
                                              impl=cfg.logprob_impl) for c in chunks])
@@ -214,10 +232,10 @@ def main(argv: list) -> None:
 
         # ---- μ optimizer updates on this batch, gradient accumulation over micro-batches ----
         num_tokens = dist.all_reduce_sum(cmask.sum().float())  # dapo: tokens of the whole step, all ranks
-        sums = {}
+        sums, summed = {}, {"loss/tokens", *TOKEN_MEANS}  # summed over ranks below; the rest are means over ranks
         for _ in range(cfg.num_iterations):
             for i, c in enumerate(chunks):
-                with dist.gradient_sync(policy, enabled=i == len(chunks) - 1):  # all-reduce once, after the last
+                with dist.gradient_sync(policy, enabled=i == len(chunks) - 1), amp():  # all-reduce once, after the last
                     logp, entropy = policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
                                            impl=cfg.logprob_impl, with_entropy=True)
                     old = old_logp[c] if old_logp is not None else logp.detach()
@@ -230,8 +248,12 @@ def main(argv: list) -> None:
                     scale = world if cfg.loss == "dapo" else w
                     (loss * scale).backward()
                 sums["loss"] = sums.get("loss", 0.0) + (loss * (1.0 if cfg.loss == "dapo" else w)).detach()
+                # per-token means (entropy, kl, clip fractions) weighted by this micro-batch's share of the step's
+                # tokens on all ranks, counts added: the step's values equal one pass over the whole global batch
+                w_tok = cmask[c].sum() / num_tokens.clamp(min=1)
                 for k, v in {"entropy": entropy, **m}.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach() * w
+                    weight = w_tok if k in TOKEN_MEANS else 1.0 if k == "loss/tokens" else w
+                    sums[k] = sums.get(k, 0.0) + v.detach() * weight
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
             skipped += not applied
         t_end = time.perf_counter()
@@ -242,7 +264,7 @@ def main(argv: list) -> None:
         stats.update({"completion_len": roll.completion_mask.sum(-1).float().mean(),
                       "truncated_frac": roll.truncated.float().mean(), "format_ok": extra["format_ok"]})
         reduced = dist.all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in stats.values()]))
-        metrics = dict(zip(stats, (reduced / world).tolist()))  # means over ranks…
+        metrics = {k: v if k in summed else v / world for k, v in zip(stats, reduced.tolist())}  # means over ranks…
         if cfg.loss == "dapo":
             metrics["loss"] *= world  # …except dapo's loss, already ÷ the global token count: a sum over ranks
         finite = all_rewards[~torch.isnan(all_rewards)]
@@ -256,7 +278,7 @@ def main(argv: list) -> None:
             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped,
             "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
             "time/step": t_end - t_step,
-            "tok_per_s/rollout": roll.completion_mask.sum().item() * world / max(extra["time/rollout"], 1e-9),
+            "tok_per_s/rollout": extra["rollout_tokens"].item() * world / max(extra["time/rollout"], 1e-9),
             # completion tokens through a forward: μ policy passes (+ backward), + old (μ > 1), + reference (β > 0)
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
             "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
@@ -270,6 +292,9 @@ def main(argv: list) -> None:
             dist.barrier()
     log.close()
     dist.close()
+
+
+TOKEN_MEANS = {"entropy", "kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean"}  # loss metrics ÷ tokens
 
 
 def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:

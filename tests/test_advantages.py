@@ -131,3 +131,19 @@ def test_zero_std_groups_agrees_with_distinct_finite_rewards(rows, b):
     want = [len({x for x in row if not math.isnan(x)}) < 2 for row in r.tolist()]
     assert zero_std_groups(r).tolist() == want
     assert zero_std_groups(r + b).tolist() == want  # a shift never makes a flat group spread or vice versa
+
+
+def test_rewards_that_differ_only_by_rounding_are_zero_variance():
+    """A group of Hybrid rewards (0–20) equal up to 1e-6 (float rounding, e.g. sums of points in another order) has
+    no signal: advantage 0, counted as zero-std; a real difference (one 0.05-point criterion) keeps full advantages.
+    Tolerance: SPREAD_RTOL × the batch's largest |reward| (≥ 1), as the module docstring states."""
+    from grpo.advantages import SPREAD_RTOL, group_advantages, zero_std_groups
+    rounding = torch.tensor([[7.5, 7.5 + 1e-6, 7.5, 7.5 - 1e-6], [0.30, 0.30, 0.30 + 1e-6, 0.30]], dtype=torch.float32)
+    assert torch.equal(zero_std_groups(rounding), torch.tensor([True, True]))
+    for scale in ("group", "batch", "none"):
+        assert torch.equal(group_advantages(rounding, scale=scale), torch.zeros(2, 4))
+    real = torch.tensor([[7.5, 7.55, 7.5, 7.5]])
+    adv = group_advantages(real)
+    # by hand: mean 7.5125, sample std = 0.025, so the odd one out gets (0.0375)/0.025 = 1.5
+    assert adv[0, 1].item() == pytest.approx(1.5, rel=1e-4) and not zero_std_groups(real).item()
+    assert 1e-6 < SPREAD_RTOL * 20 < 0.05  # between float32 rounding and the smallest rubric difference

@@ -1,4 +1,5 @@
-"""The memory planner (bench/memory.py) against hand counts, a saved-tensor census and measured CPU peaks.
+"""The memory planner (grpo/memory.py; CLI bench/memory.py) against hand counts, a saved-tensor census and measured
+CPU peaks.
 
     python -m pytest tests/test_memory.py
 
@@ -7,7 +8,7 @@ sum of those events over one training step (after a warm-up step, so AdamW state
 memory allocated on top of the resident weights and optimizer state — the quantity the planner calls
 peak_train − resident.
 """
-import importlib.util
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,10 +18,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "bench" / "memory.py")
-memory = importlib.util.module_from_spec(_spec)  # loaded by path, as the trainer does: bench/ is not a package
-_spec.loader.exec_module(memory)
-
+from grpo import memory  # noqa: E402 — the installed planner the trainer uses
 from grpo.model import SHAPES  # noqa: E402
 
 ALL_LINEAR = list(memory.LORA_TARGETS)
@@ -194,3 +192,49 @@ def test_cli_prints_table_and_json_last_line():
     import json
     last = json.loads(out.strip().splitlines()[-1])
     assert last["shape"] == "tiny" and last["max_micro_batch"] >= 1 and " GB" in out
+
+
+def test_trainer_budget_check_runs_from_an_installed_copy(tmp_path):
+    """The packages setup.py installs — and nothing else (no bench/) — are enough for the trainer's
+    --memory_budget_gb check: it warns with the planner's numbers when the paper's run cannot fit 10 GB."""
+    import re
+    packages = re.search(r"packages=\[([^\]]*)\]", (ROOT / "setup.py").read_text()).group(1)
+    for pkg in re.findall(r'"([^"]+)"', packages):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (tmp_path / "bench").exists()
+    code = (f"import grpo, types; assert grpo.__file__.startswith({str(tmp_path)!r}), grpo.__file__; "
+            "from grpo.config import Config; from grpo.model import SHAPES; "
+            "from grpo.train import check_memory_plan; "
+            "cfg = Config(memory_budget_gb=10.0, max_new_tokens=1024, max_prompt_len=512, num_generations=6); "
+            "check_memory_plan(cfg, types.SimpleNamespace(config=SHAPES['qwen3-14b']), "
+            "types.SimpleNamespace(write=print))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "WARNING: planned peak exceeds the budget" in out.stdout and "vs budget 10.0 GB" in out.stdout
+
+
+def test_full_finetune_plans_fp32_master_weights_and_the_fsdp_rollout_gather():
+    """Full fine-tuning as the trainer runs it in bf16: fp32 weights + fp32 reference copy + autocast's bf16 copies,
+    fp32 grads and AdamW moments. An FSDP2 rank gathering the whole 14B model for a rollout holds the fp32 weights in
+    full plus its 1/world share of weights and moments (3 × fp32) — by hand, against an 80 GB card."""
+    n = memory.param_count(SHAPES["qwen3-14b"])
+    run = memory.RunShape(full_finetune=True, lora_r=0, dtype="bfloat16")
+    p = memory.plan(SHAPES["qwen3-14b"], run)
+    assert p.weights == n * (4 + 4 + 2) and p.grads == 4 * n and p.optimizer == 8 * n
+    for world in (8, 64):
+        gathered = 4 * n + 3 * 4 * n / world + p.kv_cache + p.prefill
+        fits = gathered * (1 + memory.SLACK_FRAC) + memory.CONTEXT_BYTES <= 80e9
+        assert memory.fsdp_rollout_fits(SHAPES["qwen3-14b"], run, 80, world) == fits
+    assert not memory.fsdp_rollout_fits(SHAPES["qwen3-14b"], run, 80, 8)      # 59 + 22 GB of weights alone
+    assert memory.fsdp_rollout_fits(SHAPES["qwen3-0.6b"], replace(run, prompts_per_step=1), 80, 8)
+
+
+def test_run_shape_follows_the_trainer_config():
+    from grpo.config import parse_args
+    cfg = parse_args(["--preset", "qwen3-14b-rtx6000", "--data", "x.jsonl"])
+    run = memory.run_shape(cfg)
+    got = (run.G, run.completion_len, run.prompt_len, run.micro_batch, run.rollout_batch, run.lora_r)
+    assert got == (6, 1024, 512, 6, 24, 16)
+    assert run.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
+    assert memory.run_shape(parse_args(["--dtype=bf16"])).dtype == "bfloat16"

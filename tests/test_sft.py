@@ -1,6 +1,7 @@
 """SFT warm start: prompt tokens are masked, the NLL of the target falls, and GRPO starts from the saved adapter."""
 import json
 
+import pytest
 import torch
 
 from grpo.sft import collate, encode, main as sft_main
@@ -52,3 +53,64 @@ def test_sft_lowers_nll_and_grpo_starts_from_its_adapter(tmp_path, capsys):
     cfg = json.loads((tmp_path / "grpo" / "config.json").read_text())
     assert cfg["init_adapter"] == str(adapter)
     assert (tmp_path / "grpo" / "checkpoints" / "step-000001" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_a_truncated_target_does_not_end_in_eos():
+    """max_len cuts the target: the kept tokens must not be followed by EOS (that teaches stopping mid-answer)."""
+    from grpo.model import build_tiny, load_model
+    _, tok = load_model(build_tiny(), device=torch.device("cpu"))
+    messages = [{"role": "user", "content": "Is aspirin a blood thinner?"}]
+    target = "<SOLUTION>Yes: aspirin inhibits platelet aggregation, so it thins the blood.</SOLUTION>"
+    full = tok(target, add_special_tokens=False)["input_ids"]
+    _, cut = encode(tok, messages, target, max_len=5)
+    assert cut.tolist() == full[:5] and tok.eos_token_id not in cut.tolist()
+    _, whole = encode(tok, messages, target, max_len=len(full) + 1)   # exactly fits with its EOS
+    assert whole.tolist() == full + [tok.eos_token_id]
+    _, just_short = encode(tok, messages, target, max_len=len(full))  # the target fits, its EOS does not
+    assert just_short.tolist() == full
+
+
+def test_sft_flags_parse_like_train_flags():
+    """Its own docstring's space-separated form and the --key=value form give the same config; unknown flags name
+    the close match; --help lists every field."""
+    from grpo.config import parse_args
+    from grpo.sft import SFTConfig, _validate
+    a = parse_args(["--data", "x.jsonl", "--out", "runs/sft", "--steps", "3"], SFTConfig, presets=None, check=_validate)
+    b = parse_args(["--data=x.jsonl", "--out=runs/sft", "--steps=3"], SFTConfig, presets=None, check=_validate)
+    assert a == b and a.data == "x.jsonl" and a.steps == 3
+    with pytest.raises(ValueError, match="did you mean --steps"):
+        parse_args(["--step=3"], SFTConfig, presets=None)
+
+
+def _torchrun_sft(n: int, args: list, out) -> float:
+    """Run grpo/sft.py under torchrun with n gloo processes; returns the final NLL it prints (rank 0)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(root / "grpo" / "sft.py"), *args, f"--out={out}"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return float(done.stdout.split("final nll ")[1].split(")")[0])
+
+
+@pytest.mark.slow
+def test_two_process_sft_equals_one_process(tmp_path):
+    """The NLL is the token mean of the global batch: 2 ranks (whose targets have different token counts) report the
+    1-process NLL on the same batch and end at its adapter. (The adapter alone barely tells: Adam's first updates are
+    ~lr·sign(g), blind to how the ranks are weighted; the NLL after two updates is not.)"""
+    from safetensors.torch import load_file
+    args = ["--steps=3", "--batch_size=4", "--max_len=48", "--lr=3e-3", "--lora_r=4"]
+    nll = {n: _torchrun_sft(n, args, tmp_path / str(n)) for n in (1, 2)}
+    assert nll[2] == pytest.approx(nll[1], rel=1e-4)
+    w1 = load_file(tmp_path / "1" / "adapter" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "2" / "adapter" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

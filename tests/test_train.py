@@ -223,3 +223,64 @@ def test_local_judge_is_the_policy_with_its_adapter_off(tmp_path):
     row = _metrics(tmp_path)[0]
     assert row["judge/criteria"] > 0 and row["judge/unknown"] == 0  # one yes/no forward per criterion, all known
     assert 0 <= row["reward/mean"] <= 20
+
+
+# ------------------------------------------------------------------------------ issue 9: paths only a GPU run reaches
+def test_init_adapter_reference_is_the_sft_policy(tmp_path, capsys):
+    """GRPO from an SFT adapter with β > 0: the policy starts at the SFT model and the KL reference *is* the SFT model,
+    so the first update's KL is exactly 0 (with the pre-SFT base as reference it is not). The adapter keeps its own
+    rank, and the run says that --lora_r does not apply."""
+    from grpo.model import add_lora, build_tiny, load_model
+    model = add_lora(load_model(build_tiny(), device=torch.device("cpu"), dtype=torch.float32)[0], r=8, alpha=16)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)  # a warm start that changed the model
+    model.save_pretrained(tmp_path / "sft")
+    main(SMALL + ["--steps=2", "--full_finetune=false", "--beta=0.1", "--lora_r=4", "--save_every=1",
+                  f"--init_adapter={tmp_path / 'sft'}", f"--out={tmp_path / 'grpo'}"])
+    rows = _metrics(tmp_path / "grpo")
+    assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0  # step 2: the policy has moved away from the SFT reference
+    assert "--lora_r, --lora_alpha and --lora_targets do not apply" in capsys.readouterr().out
+    adapter_cfg = json.loads((checkpoint.latest(tmp_path / "grpo") / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 8
+
+
+def test_per_token_metrics_do_not_depend_on_micro_batching(tmp_path):
+    """entropy (and kl, clip fractions) are token means over the whole step, loss/tokens its token count: the same
+    for one micro-batch of 8 sequences as for 8 micro-batches of 1 (sequence weighting gives each short completion
+    the weight of a long one)."""
+    args = SMALL + ["--steps=1", "--num_generations=4", "--max_new_tokens=16", "--lr=1e-3"]
+    main(args + ["--micro_batch=0", f"--out={tmp_path / 'one'}"])
+    main(args + ["--micro_batch=1", f"--out={tmp_path / 'many'}"])
+    one, many = _metrics(tmp_path / "one")[0], _metrics(tmp_path / "many")[0]
+    assert one["completion_len"] == many["completion_len"]       # same rollouts (noise keyed by sequence)
+    assert one["loss/tokens"] == many["loss/tokens"] == pytest.approx(one["completion_len"] * 2 * 4)
+    assert many["entropy"] == pytest.approx(one["entropy"], rel=1e-5)
+
+
+def test_time_rollout_counts_every_dynamic_sampling_round_and_bf16_keeps_fp32_weights(tmp_path, monkeypatch):
+    """A judge that fails every criterion makes every group zero-variance, so dynamic sampling runs all its extra
+    rounds: time/rollout covers every round's sampling (timed here independently around generate). The run is
+    --dtype bf16 full fine-tuning: the checkpointed weights are the fp32 masters."""
+    import grpo.train as train
+    durations, tokens, real_generate = [], [], train.generate
+
+    def timed_generate(*a, **k):
+        import time
+        t0 = time.perf_counter()
+        out = real_generate(*a, **k)
+        durations.append(time.perf_counter() - t0)
+        tokens.append(out.completion_mask.sum().item())
+        return out
+    monkeypatch.setattr(train, "generate", timed_generate)
+    monkeypatch.setattr(train, "grade_sync", lambda judge, items: [[False] * len(rub.criteria) for _, _, rub in items])
+    main(SMALL + ["--steps=1", "--dynamic_sampling", "--max_resample_rounds=2", "--dtype=bf16", "--full_finetune",
+                  f"--out={tmp_path}"])
+    row = _metrics(tmp_path)[0]
+    assert len(durations) == 3 and row["dynamic/zero_std_after"] == 1.0
+    assert row["time/rollout"] >= sum(durations)
+    assert row["tok_per_s/rollout"] * row["time/rollout"] == pytest.approx(sum(tokens))  # every round's tokens
+    weights = _weights(checkpoint.latest(tmp_path))
+    assert all(w.dtype == torch.float32 for w in weights.values())
