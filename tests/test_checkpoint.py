@@ -57,25 +57,25 @@ def test_logger_writes_standard_json_and_plot_survives_a_torn_line(tmp_path):
 
 
 def test_resume_after_a_kill_logs_each_step_once_and_continues_the_judge_counters(tmp_path):
-    """A run killed after logging step 3 but before its step-3 checkpoint (its last line torn, a half-written save
-    left behind), resumed with --resume=auto: the stale save dir is removed, metrics.jsonl holds steps 1-3 once each
+    """A run killed after logging step 2 but before its step-2 checkpoint (its last line torn, a half-written save
+    left behind), resumed with --resume=auto: the stale save dir is removed, metrics.jsonl holds steps 1-2 once each
     with the values of an uninterrupted run, judge/* counters continue from the checkpoint, the plot is drawn."""
-    args = SMALL + ["--steps=3", "--save_every=2", "--plot=true"]
+    args = SMALL + ["--steps=2", "--save_every=1", "--plot=true"]
     main(args + [f"--out={tmp_path / 'straight'}"])
     run = tmp_path / "split"
     main(args + [f"--out={run}"])
     final = checkpoint.latest(run)
-    assert final.name == "step-000003"
-    final.rename(run / "checkpoints" / f"step-000003.tmp-{_dead_pid()}")  # the kill came mid-save
+    assert final.name == "step-000002"
+    final.rename(run / "checkpoints" / f"step-000002.tmp-{_dead_pid()}")  # the kill came mid-save
     with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"step": 4, "rew')
+        f.write('{"step": 3, "rew')
     main(args + [f"--out={run}", "--resume=auto"])
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     a, b = _strict_rows(tmp_path / "straight" / "metrics.jsonl"), _strict_rows(run / "metrics.jsonl")
-    assert [r["step"] for r in b] == [1, 2, 3]
+    assert [r["step"] for r in b] == [1, 2]
     keys = ["reward/mean", "prompts_seen", "skipped_steps", "judge/calls", "judge/criteria", "judge/unknown"]
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
-    assert b[-1]["judge/calls"] == 3 * 2 * 4 - b[-1]["judge/duplicates"] > 0
+    assert b[-1]["judge/calls"] == 2 * 2 * 4 - b[-1]["judge/duplicates"] > 0
     assert (run / "reward_curve.png").stat().st_size > 0
 
 

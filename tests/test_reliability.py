@@ -138,12 +138,12 @@ def test_judge_timeout_flag_reaches_the_client(tmp_path):
 
 
 def test_long_prompt_is_clipped_for_the_judge(tmp_path, monkeypatch):
-    """A 200 kB question reaches the judge cut to the policy's --max_prompt_len tokens (its end kept), not whole."""
+    """A 50 kB question reaches the judge cut to the policy's --max_prompt_len tokens (its end kept), not whole."""
     from grpo import train
     from grpo.model import build_tiny, load_model
     from rewards.judge import grade_sync
     rubric = [{"criterion": "Mentions aspirin for chest pain", "points": 5}]
-    long = "word " * 40_000 + "What should I take for chest pain?"
+    long = "word " * 10_000 + "What should I take for chest pain?"
     data = tmp_path / "long.jsonl"
     data.write_text("\n".join(json.dumps({"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": long}],
                                           "rubrics": rubric}) for i in range(2)) + "\n")
@@ -201,8 +201,8 @@ def _run(cmd: list) -> subprocess.CompletedProcess:
 def test_command_line_user_error_is_one_line_exit_2_and_debug_shows_the_traceback():
     done = _run([sys.executable, "grpo/train.py", "--steps", "0"])
     assert (done.returncode, done.stdout, done.stderr) == (2, "", "error: --steps must be >= 1, got 0\n")
-    debug = _run([sys.executable, "grpo/train.py", "--steps", "0", "--debug"])
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ValueError: --steps must be >= 1" in debug.stderr
+    with pytest.raises(ValueError, match="--steps must be >= 1"):  # --debug: the exception itself, traceback and all
+        cli(["--steps", "0", "--debug"])
 
 
 def test_user_error_under_torchrun_is_reported_once_with_exit_code_2():
