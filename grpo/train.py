@@ -125,7 +125,7 @@ def main(argv: list) -> None:
     loss_fn = LOSSES[cfg.loss]
 
     start_step, cursor, skipped = 0, 0, 0  # cursor = prompts consumed from the global data stream
-    skips = {"skipped/no_signal": 0, "skipped/nonfinite": 0}  # why: no advantage ≠ 0 | non-finite or zero gradient
+    skips = {"skipped/no_signal": 0, "skipped/bad_gradient": 0}  # why: no advantage ≠ 0 | non-finite or zero gradient
     unknown_run = 0  # consecutive steps with > 50 % of rewards unknown (--max_unknown_steps)
     resume = str(checkpoint.latest(out) or "") if cfg.resume == "auto" else cfg.resume
     if resume:
@@ -259,7 +259,7 @@ def main(argv: list) -> None:
                     sums[k] = sums.get(k, 0.0) + v.detach() * w
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
             skipped += not applied
-            skips["skipped/nonfinite"] += not applied
+            skips["skipped/bad_gradient"] += not applied
             reason = reason or (None if applied else "nonfinite" if not math.isfinite(grad_norm) else "zero_grad")
         if no_signal:
             skipped += cfg.num_iterations
