@@ -9,7 +9,9 @@ The format is detected per record from its fields:
   paper's heart JSONL is RaR rows with `heart_related`, `heart_theme`, `heart_keywords`, `synthetic_reasoning` added.
 Tags: HealthBench `example_tags` as they are, `source:<question_source>` for RaR, and `heart:<theme slug>` from the
 record when it says so, else from the lexicon filter (`data.heart.classify`) when the question is heart-related.
-A malformed line is a ValueError naming file and line; with `skip_bad=True` it is skipped and reported in `errors`.
+A malformed line (bad JSON, bytes that are not UTF-8, a rubric whose criteria all have 0 points, so no reward can
+vary) is a ValueError naming file and line; with `skip_bad=True` it is skipped and reported in `errors`. A file with no
+usable record is an error too. `clip_messages` cuts a long prompt for the judge to the policy's prompt budget.
 """
 from __future__ import annotations
 
@@ -87,6 +89,9 @@ def from_record(rec: dict, where: str = "record", *, heart: bool = True) -> Samp
         raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
     if len(rubric) == 0:
         raise ValueError(f"{where}: empty rubric")
+    if all(c.points == 0 for c in rubric):  # every reward is then constant: the group has zero variance, always
+        raise ValueError(f"{where}: every rubric criterion has 0 points, so no reward can vary; fix the points or drop "
+                         f"the record")
     sample = Sample(str(sid), prompt, rubric, reference, tags, reasoning)
     if heart and not any(t.startswith("heart:") for t in tags):
         label = classify(sample_text(sample))
@@ -129,8 +134,14 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
         for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
             yield f"{path}:row {i}", row
         return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is an error at its line, not silently replaced
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield f"{path}:{n}", ValueError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1}); "
+                                                f"re-encode the file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
@@ -158,8 +169,10 @@ def iter_samples(path, *, skip_bad: bool = False, errors: list | None = None, he
 
 
 def load_samples(path, *, skip_bad: bool = False, errors: list | None = None, heart: bool = True) -> list[Sample]:
-    """All Samples of a file (see `iter_samples`). Duplicate ids are an error: splits and resume key on them."""
+    """All Samples of a file (see `iter_samples`). Duplicate ids are an error: splits and resume key on them; so is a
+    file with no usable sample (empty, or every line skipped)."""
     samples, seen = [], set()
+    errors = [] if errors is None else errors
     for s in iter_samples(path, skip_bad=skip_bad, errors=errors, heart=heart):
         if s.id in seen:
             msg = f"{path}: duplicate sample id {s.id!r}"
@@ -170,7 +183,27 @@ def load_samples(path, *, skip_bad: bool = False, errors: list | None = None, he
             continue
         seen.add(s.id)
         samples.append(s)
+    if not samples:
+        raise ValueError(f"{path}: no samples" + (f" ({len(errors)} bad lines skipped, first: {errors[0]})" if errors
+                                                   else " (the file is empty)"))
     return samples
+
+
+def clip_messages(messages: list[dict], tokenizer, max_tokens: int) -> list[dict]:
+    """The judge's copy of a prompt, cut like the policy's: the last `max_tokens` tokens of the conversation (older
+    turns dropped first, then the start of the oldest kept turn, marked "…"). Counts content tokens only, so the
+    judge sees at least what the policy saw. A 10 MB line costs one tokenizer pass over its tail, not the whole."""
+    out, budget = [], max_tokens
+    for m in reversed(messages):
+        if budget <= 0:
+            break
+        text = m["content"][-max(64, budget * 32):]  # no token is longer than 32 chars in practice: cap the work
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > budget or len(text) < len(m["content"]):
+            text = "…" + tokenizer.decode(ids[-budget:]) if len(ids) > budget else "…" + text
+        out.append({**m, "content": text})
+        budget -= min(len(ids), budget)
+    return out[::-1]
 
 
 def bundled_demo_path() -> Path:

@@ -8,13 +8,15 @@ A checkpoint directory holds:
   optimizer.pt    AdamW state;  scheduler.pt  LR schedule state
   rng.pt          torch (CPU and CUDA), python and numpy RNG states
   state.json      step, data position, and anything else the loop needs to continue exactly
-A crash mid-save leaves only a `.tmp-*` directory, which `latest()` ignores, so the previous checkpoint stays usable.
+A crash mid-save leaves only a `.tmp-PID` directory, which `latest()` ignores, so the previous checkpoint stays usable;
+`remove_stale(run_dir)` deletes such leftovers at the next start.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +29,29 @@ from grpo.model import is_peft
 
 
 _FULL = dict(full_state_dict=True, cpu_offload=True)
+_TMP = re.compile(r"step-\d{6}\.tmp-(\d+)")  # what save() writes before its rename; nothing else is ever deleted
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(run_dir: str | Path) -> list[Path]:
+    """Delete `checkpoints/step-NNNNNN.tmp-PID/` dirs left by a save that was killed, and return them. Only names
+    save() writes, and only when that PID is no longer running (a live save of another process is left alone)."""
+    removed = []
+    for p in (Path(run_dir) / "checkpoints").glob("step-*.tmp-*"):
+        m = _TMP.fullmatch(p.name)
+        if m and p.is_dir() and not (int(m.group(1)) != os.getpid() and _alive(int(m.group(1)))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return sorted(removed)
 
 
 def save(run_dir: str | Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int = 2,

@@ -21,6 +21,7 @@ class Config:
     steps: int = field(default=150, metadata={"help": "optimizer steps"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling noise"})
     resume: str = field(default="", metadata={"help": "checkpoint dir to resume from ('auto' = latest in out/)"})
+    debug: bool = field(default=False, metadata={"help": "show the full traceback of a user error (else one line)"})
     # Model
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
     init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from and use as the KL reference (the "
@@ -56,6 +57,10 @@ class Config:
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
     judge_mode: str = field(default="per_completion", metadata={"help": "openai judge: per_completion | per_criterion"})
     judge_concurrency: int = field(default=16, metadata={"help": "openai judge: requests in flight, max"})
+    judge_timeout: float = field(default=30.0, metadata={"help": "openai judge: seconds per request attempt before "
+                                                                  "the client retries it"})
+    max_unknown_steps: int = field(default=3, metadata={"help": "stop (rc 2) after this many consecutive steps with "
+                                                               "> 50 % of rewards unknown: the judge is down (0 = never)"})
     # Loss
     loss: str = field(default="grpo", metadata={"help": "grpo | bnpo | dr_grpo | dapo (grpo/loss.py)"})
     adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group | batch | none"})
@@ -152,8 +157,24 @@ def parse_args(argv: list, cls=None, presets: dict | None = None, check=None, us
 
 
 def validate(cfg: Config) -> None:
-    """Errors a user can cause, each naming the fix."""
+    """Errors a user can cause, each naming the fix — checked here, before any model or data loads."""
+    import math
+    import os
     from grpo.loss import LOSSES
+    for name in ("steps", "save_every", "prompts_per_step", "keep_last", "judge_concurrency"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("lr", "temperature", "judge_timeout"):  # temperature 0 would divide the log-probs by zero
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a finite number > 0, got {value}")
+    if cfg.max_unknown_steps < 0:
+        raise ValueError(f"--max_unknown_steps must be >= 0 (0 = never stop), got {cfg.max_unknown_steps}")
+    if cfg.judge == "openai":
+        if not cfg.judge_model:
+            raise ValueError("--judge=openai needs --judge_model (e.g. gpt-4.1-mini, or the model your server serves)")
+        if not (os.environ.get("OPENAI_API_KEY") or cfg.judge_base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise ValueError("--judge=openai needs an API key: set OPENAI_API_KEY, or --judge_base_url for a local server")
     from rewards import REWARDS
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss} unknown; choose one of {sorted(LOSSES)}")

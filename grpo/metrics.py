@@ -3,6 +3,9 @@
     python -m grpo.metrics runs/demo/metrics.jsonl     # (re)draws runs/demo/reward_curve.png
 
 Other ranks get a logger whose methods do nothing, so the loop never branches on rank to log.
+metrics.jsonl is standard JSON: a NaN / ±inf value is written as null (the reason is in another key, e.g.
+`reward/unknown_frac`). A resumed run first cuts the file back to the checkpoint's step, so no step appears twice;
+a torn last line (a kill mid-write) is dropped there and skipped by `read_metrics`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,39 @@ def format_line(step: int, total: int, m: dict) -> str:
             f" | ent {g('entropy', '{:.2f}')} | len {g('completion_len', '{:.0f}')} | trunc {g('truncated_frac', '{:.2f}')}"
             f" | tok/s {g('tok_per_s/rollout', '{:,.0f}')}/{g('tok_per_s/train', '{:,.0f}')}"
             f" | t {g('time/rollout', '{:.1f}')}+{g('time/judge', '{:.1f}')}+{g('time/train', '{:.1f}')}s"
-            f" | mem {g('peak_mem_gb', '{:.1f}')}GB")
+            f" | mem {g('peak_mem_gb', '{:.1f}')}GB"
+            + (f" | judge unknown {g('reward/unknown_frac', '{:.2f}')} errors {g('judge/step_errors', '{:.0f}')}"
+               if m.get("reward/unknown_frac") or m.get("judge/step_errors") else "")
+            + (f" | SKIPPED ({m['skipped/reason']})" if m.get("skipped/reason") else ""))
+
+
+def finite_or_none(metrics: dict) -> dict:
+    """NaN / ±inf floats → None, so json.dumps writes null instead of the non-standard NaN / Infinity."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a line that does not parse (torn by a kill mid-write) is skipped."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keep only the rows of steps ≤ `step` (the checkpoint a run resumes from), rewritten atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 class NullLogger:
@@ -48,7 +83,9 @@ class RunLogger(NullLogger):
         from tqdm import tqdm
         self.out = Path(out_dir)
         self.total, self.plot = total_steps, plot
-        # a resumed run appends; a fresh run in an old directory starts the file over
+        # a resumed run appends after the checkpoint's step; a fresh run in an old directory starts the file over
+        if start_step:
+            truncate_metrics(self.out / "metrics.jsonl", start_step)
         self.jsonl = open(self.out / "metrics.jsonl", "a" if start_step else "w", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", file=sys.stderr,
                         dynamic_ncols=True)
@@ -61,13 +98,14 @@ class RunLogger(NullLogger):
                 self.write("tensorboard not installed: `pip install tensorboard` to enable --tensorboard")
 
     def log(self, step: int, metrics: dict) -> None:
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        metrics = finite_or_none(metrics)
+        self.jsonl.write(json.dumps({"step": step, **metrics}, allow_nan=False) + "\n")
         self.jsonl.flush()
         self.bar.write(format_line(step, self.total, metrics))
         self.bar.update(1)
         if self.tb is not None:
             for k, v in metrics.items():
-                if isinstance(v, (int, float)):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, step)
 
     def write(self, text: str) -> None:
@@ -87,13 +125,13 @@ def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    rows = list({r["step"]: r for r in rows}.values())  # a resumed run re-logs nothing, but keep the last per step
+    rows = list({r["step"]: r for r in read_metrics(metrics_path)}.values())  # the last row per step
     if not rows:
         return
+    nan = float("nan")
     steps = [r["step"] for r in rows]
-    mean = [r.get("reward/mean", float("nan")) for r in rows]
-    std = [r.get("reward/std", 0.0) for r in rows]
+    mean = [nan if r.get("reward/mean") is None else r["reward/mean"] for r in rows]  # null: no known reward
+    std = [r.get("reward/std") or 0.0 for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, mean, label="reward mean", alpha=0.5)
     k = 10  # trailing 10-step average: the trend through per-step noise
@@ -103,7 +141,8 @@ def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax2 = ax.twinx()
-    ax2.plot(steps, [r.get("frac_reward_zero_std", float("nan")) for r in rows], color="tab:red", alpha=0.5,
+    ax2.plot(steps, [nan if r.get("frac_reward_zero_std") is None else r["frac_reward_zero_std"] for r in rows],
+             color="tab:red", alpha=0.5,
              label="frac zero-std groups")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("fraction of zero-variance groups")

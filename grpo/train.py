@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 import sys
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from data import bundled_demo_path, load_samples
+from data.loaders import clip_messages
 from data.format import parse, to_messages
 from grpo import checkpoint, dist
 from grpo.advantages import group_advantages, zero_std_groups
@@ -79,8 +81,12 @@ def gather_for_rollout(cfg, model, world: int, device) -> bool:
     return not budget or memory.fsdp_rollout_fits(model.config, memory.run_shape(cfg), budget, world)
 
 
+class JudgeDown(RuntimeError):
+    """--max_unknown_steps consecutive steps with most rewards unknown: stop rather than train on no signal."""
+
+
 def main(argv: list) -> None:
-    cfg = parse_args(argv)
+    cfg = parse_args(argv)  # every flag checked here, before any process group, data or model
     rank, world, device = dist.init()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts_per_step={cfg.prompts_per_step} must be divisible by the {world} processes")
@@ -90,6 +96,7 @@ def main(argv: list) -> None:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(to_json(cfg))
+        stale = checkpoint.remove_stale(out)  # step-N.tmp-PID/ of a save that was killed
 
     # ---- data, model, judge ----
     samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
@@ -115,7 +122,8 @@ def main(argv: list) -> None:
         "keyword": {},
         "local": dict(model=model, tokenizer=tokenizer),  # the policy's own base weights, adapter switched off
         "openai": dict(model=cfg.judge_model, base_url=cfg.judge_base_url or None, mode=cfg.judge_mode,
-                       concurrency=cfg.judge_concurrency, cache_path=str(out / "judge_cache.sqlite")),
+                       concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
+                       cache_path=str(out / "judge_cache.sqlite")),
     }.get(cfg.judge, {}))
     reward_names = [cfg.reward] + [r for r in cfg.log_rewards.split(",") if r and r != cfg.reward]
 
@@ -126,11 +134,19 @@ def main(argv: list) -> None:
     loss_fn = LOSSES[cfg.loss]
 
     start_step, cursor, skipped = 0, 0, 0  # cursor = prompts consumed from the global data stream
+    skips = {"skipped/no_signal": 0, "skipped/bad_gradient": 0}  # why: no advantage ≠ 0 | non-finite or zero gradient
+    unknown_run = 0  # consecutive steps with > 50 % of rewards unknown (--max_unknown_steps)
     resume = str(checkpoint.latest(out) or "") if cfg.resume == "auto" else cfg.resume
     if resume:
         state = checkpoint.load(resume, policy, optimizer, scheduler)
         start_step, cursor, skipped = state["step"], state["cursor"], state["skipped"]
+        skips.update(state.get("skips", {}))
+        if rank == 0:  # judge/* count rank 0's judge, so rank 0 continues the counters it saved
+            judge.load_stats(state.get("judge", {}))
+    judge_errors = judge.stats().get("judge/errors", 0.0)
     log = RunLogger(out, cfg.steps, start_step, cfg.tensorboard, cfg.plot) if rank == 0 else NullLogger()
+    if rank == 0 and stale:
+        log.write(f"removed {len(stale)} unfinished checkpoint dir(s) of a killed save: {', '.join(p.name for p in stale)}")
     log.write(f"{len(samples)} samples | {sum(p.numel() for p in params):,} trainable params | world {world} | "
               f"B={cfg.prompts_per_step} G={G} | reward {cfg.reward} | judge {cfg.judge} | loss {cfg.loss}")
     if cfg.init_adapter and not cfg.full_finetune:
@@ -169,15 +185,18 @@ def main(argv: list) -> None:
                             max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         t1 = time.perf_counter()
         parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
-        items = [(s.prompt, parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
+        # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
+        questions = [clip_messages(s.prompt, tokenizer, cfg.max_prompt_len) for _, s in picked]
+        items = [(questions[b], parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
         verdicts = grade_sync(judge, items) if any(n != "rar_implicit" for n in reward_names) else None
         ratings = rate_sync(judge, items) if "rar_implicit" in reward_names else None  # one Likert call per sample
         t2 = time.perf_counter()
 
-        def score(name):  # (B_r, G) float32, NaN where the reward is None (judge could not tell)
+        def score(name):  # (B_r, G) float32, NaN where the reward is None (judge could not tell) or not finite
             vals = ([rar_implicit(r) for r in ratings] if name == "rar_implicit" else
                     [REWARDS[name](rub, met) for (_, _, rub), met in zip(items, verdicts)])
-            return torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float32).view(-1, G)
+            vals = [float("nan") if v is None or not math.isfinite(v) else v for v in vals]  # ±inf is no value either
+            return torch.tensor(vals, dtype=torch.float32).view(-1, G)
         scores = {name: score(name) for name in reward_names}
         well_formed = torch.tensor([p.well_formed for p in parsed], dtype=torch.float32)
         return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item(),
@@ -210,6 +229,12 @@ def main(argv: list) -> None:
         all_rewards = gathered[cfg.reward]                                        # (B, G)
         adv_all = group_advantages(all_rewards, scale=cfg.adv_scale)              # (B, G)
         advantages = adv_all[rank * B_r:(rank + 1) * B_r].reshape(-1).to(device)  # (B_r*G,)
+        # no advantage ≠ 0 (every reward unknown, or every group flat): the loss and its gradient are 0, yet AdamW's
+        # momentum and weight decay would still move the weights — skip the update, keep the optimizer and schedule
+        # exactly as they were. The data cursor has advanced: those prompts are consumed.
+        no_signal = not bool(adv_all.ne(0).any())  # sync: decides whether to train; same on every rank (gathered)
+        unknown_frac = torch.isnan(all_rewards).float().mean().item()  # sync
+        unknown_run = unknown_run + 1 if unknown_frac > 0.5 else 0
         valid_seq = ~torch.isnan(rewards.reshape(-1)).to(device)                  # unknown reward ⇒ masked out
         input_ids, attn = roll.input_ids, roll.attention_mask                     # (B_r*G, P+T)
         cmask = roll.completion_mask * valid_seq[:, None]                         # (B_r*G, T)
@@ -221,10 +246,10 @@ def main(argv: list) -> None:
         chunks = [slice(i, min(i + mb, S)) for i in range(0, S, mb)]
         old_logp = ref_logp = None
         with torch.no_grad(), amp():
-            if cfg.num_iterations > 1:  # μ = 1: old = current policy, ratio ≡ 1, no extra forward
+            if cfg.num_iterations > 1 and not no_signal:  # μ = 1: old = current policy, ratio ≡ 1, no extra forward
                 old_logp = torch.cat([policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
                                              impl=cfg.logprob_impl) for c in chunks])
-            if cfg.beta > 0:
+            if cfg.beta > 0 and not no_signal:
                 with reference.active() as ref_model:
                     ref_logp = torch.cat([completion_logprobs(ref_model, input_ids[c], attn[c], cmask[c],
                                                               temperature=cfg.temperature, impl=cfg.logprob_impl)
@@ -233,7 +258,8 @@ def main(argv: list) -> None:
         # ---- μ optimizer updates on this batch, gradient accumulation over micro-batches ----
         num_tokens = dist.all_reduce_sum(cmask.sum().float())  # dapo: tokens of the whole step, all ranks
         sums, summed = {}, {"loss/tokens", *TOKEN_MEANS}  # summed over ranks below; the rest are means over ranks
-        for _ in range(cfg.num_iterations):
+        grad_norm, reason = float("nan"), "no_signal" if no_signal else None
+        for _ in range(0 if no_signal else cfg.num_iterations):
             for i, c in enumerate(chunks):
                 with dist.gradient_sync(policy, enabled=i == len(chunks) - 1), amp():  # all-reduce once, after the last
                     logp, entropy = policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
@@ -256,6 +282,11 @@ def main(argv: list) -> None:
                     sums[k] = sums.get(k, 0.0) + v.detach() * weight
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
             skipped += not applied
+            skips["skipped/bad_gradient"] += not applied
+            reason = reason or (None if applied else "nonfinite" if not math.isfinite(grad_norm) else "zero_grad")
+        if no_signal:
+            skipped += cfg.num_iterations
+            skips["skipped/no_signal"] += 1
         t_end = time.perf_counter()
 
         # ---- metrics: reduce over ranks once (one host sync), log on rank 0, checkpoint ----
@@ -265,17 +296,18 @@ def main(argv: list) -> None:
                       "truncated_frac": roll.truncated.float().mean(), "format_ok": extra["format_ok"]})
         reduced = dist.all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in stats.values()]))
         metrics = {k: v if k in summed else v / world for k, v in zip(stats, reduced.tolist())}  # means over ranks…
-        if cfg.loss == "dapo":
+        if cfg.loss == "dapo" and "loss" in metrics:
             metrics["loss"] *= world  # …except dapo's loss, already ÷ the global token count: a sum over ranks
         finite = all_rewards[~torch.isnan(all_rewards)]
         metrics.update({
             "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
             "reward/std": finite.std().item() if finite.numel() > 1 else 0.0,
-            "reward/unknown_frac": torch.isnan(all_rewards).float().mean().item(),
+            "reward/unknown_frac": unknown_frac,  # None or non-finite rewards, over every rank
             "frac_reward_zero_std": frac_zero,
             **{f"reward/{k}/mean": float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")
                for k, v in gathered.items()},
-            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped,
+            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped, **skips,
+            **({"skipped/reason": reason} if reason else {}),
             "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
             "time/step": t_end - t_step,
             "tok_per_s/rollout": extra["rollout_tokens"].item() * world / max(extra["time/rollout"], 1e-9),
@@ -283,11 +315,22 @@ def main(argv: list) -> None:
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
             "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
+            "judge/step_errors": judge.stats().get("judge/errors", 0.0) - judge_errors,  # rank 0's failed requests
             **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
         })
+        if no_signal:  # nothing was trained: no loss, KL or training throughput to report (null, not 0)
+            metrics.update({"loss": None, **({"kl": None} if cfg.beta > 0 else {}), "tok_per_s/train": None})
+        judge_errors = metrics["judge/step_errors"] + judge_errors
         log.log(step, metrics)
+        if cfg.max_unknown_steps and unknown_run >= cfg.max_unknown_steps:  # before saving: the last checkpoint stands
+            log.close()
+            raise JudgeDown(f"{unknown_run} consecutive steps with > 50 % of rewards unknown (step {step}: "
+                            f"{unknown_frac:.0%}): the judge is down or cannot grade — {judge.describe()}. Fix it, then "
+                            f"--resume=auto (latest checkpoint: {checkpoint.latest(out) or 'none'}); "
+                            f"--max_unknown_steps=0 never stops")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint.save(out, step, policy, optimizer, scheduler, {"cursor": cursor, "skipped": skipped},
+            checkpoint.save(out, step, policy, optimizer, scheduler,
+                            {"cursor": cursor, "skipped": skipped, "skips": skips, "judge": judge.stats()},
                             keep_last=cfg.keep_last, rank=rank)  # every rank: gathering FSDP shards is collective
             dist.barrier()
     log.close()
@@ -298,18 +341,40 @@ TOKEN_MEANS = {"entropy", "kl", "loss/clip_frac_low", "loss/clip_frac_high", "lo
 
 
 def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:
-    """Clip and step — unless the loss or a gradient is non-finite, in which case the update is skipped (counted by
-    the caller). Gradients arrive already averaged over ranks by DDP / FSDP2."""
+    """Clip and step — unless the loss or a gradient is non-finite, or the gradient is exactly 0 (AdamW would still
+    move the weights by momentum and decay), in which case nothing steps, the scheduler included (the caller counts
+    it). Gradients arrive already averaged over ranks by DDP / FSDP2."""
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # sync: decides whether to apply
-    applied = math.isfinite(norm)
+    applied = math.isfinite(norm) and norm > 0
     if applied:
         optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
     return norm, applied
 
 
+def _user_errors() -> tuple:
+    """Exceptions that mean the user must fix something (a flag, a data line, the judge): one line, exit code 2."""
+    judge_config = getattr(sys.modules.get("rewards.openai_judge"), "JudgeConfigError", JudgeDown)
+    return ValueError, FileNotFoundError, JudgeDown, judge_config
+
+
+def cli(argv: list) -> int:
+    """The command line: main(), with a user error printed as one `error: …` line on stderr (rank 0 only, so torchrun
+    shows it once) and exit code 2; `--debug` re-raises it with its traceback."""
+    try:
+        main(argv)
+    except _user_errors() as e:
+        if any(a in ("--debug", "--debug=true", "--debug=1") for a in argv):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        dist.close()
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))

@@ -96,6 +96,18 @@ class Judge:
         """Cumulative counters, namespaced for the metrics line: judge/calls, judge/unknown, judge/cache_hits, ..."""
         return {f"judge/{k}": float(v) for k, v in sorted(self._stats.items())}
 
+    def load_stats(self, stats: dict) -> None:
+        """Continue the counters of `stats()` saved in a checkpoint (a resumed run counts on from there)."""
+        for k, v in stats.items():
+            if k.startswith("judge/") and k[6:] in STAT_KEYS:
+                self._stats[k[6:]] = int(v)
+
+    def describe(self) -> str:
+        """Where verdicts come from, and the last failure if any — for the message that stops a run."""
+        where = getattr(self, "base_url", None) or ("api.openai.com" if hasattr(self, "base_url") else None)
+        last = getattr(self, "last_error", None)
+        return f"{type(self).__name__}" + (f" at {where}" if where else "") + (f", last error: {last}" if last else "")
+
 
 def _run(coro_fn):
     """Run coro_fn() to completion from sync code; from inside a running loop (a notebook) it runs on a helper

@@ -71,6 +71,7 @@ class OpenAIJudge(Judge):
         self.cache = VerdictCache(cache_path) if cache_path else None
         self._client = self._sem = None
         self._warned = False
+        self.last_error = None  # "APITimeoutError: Request timed out." — named when a run stops on unknown rewards
 
     def __repr__(self) -> str:
         return (f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r}, "
@@ -96,6 +97,7 @@ class OpenAIJudge(Judge):
                                            f"OPENAI_API_KEY / --judge_model / --judge_base_url") from None
                 except openai.APIError as e:  # retries exhausted (timeouts, resets, 429, 5xx) or a 4xx: unknown
                     self._stats["errors"] += 1
+                    self.last_error = f"{type(e).__name__}: {e}"[:300]
                     if not self._warned:
                         self._warned = True
                         log.warning("judge request failed after retries (%s); its verdicts are unknown", type(e).__name__)

@@ -11,8 +11,9 @@ def test_defaults_are_the_tiny_demo():
     assert cfg.preset == "tiny" and cfg.model == "tiny" and cfg.data == "demo"
 
 
-def test_paper_preset_matches_the_paper():
-    cfg = parse_args(["--preset", "qwen3-14b-rtx6000", "--data=x.jsonl"])
+def test_paper_preset_matches_the_paper(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the preset grades with the openai judge: key and model checked
+    cfg = parse_args(["--preset", "qwen3-14b-rtx6000", "--data=x.jsonl", "--judge_model=gpt-4.1-mini"])
     assert (cfg.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets) == ("Qwen/Qwen3-14B", 16, 32, "all-linear")
     assert (cfg.num_generations, cfg.max_new_tokens, cfg.lr, cfg.warmup_ratio) == (6, 1024, 5e-6, 0.1)
     assert (cfg.temperature, cfg.min_p, cfg.grad_checkpointing, cfg.schedule) == (1.0, 0.1, True, "linear")
@@ -30,11 +31,41 @@ def test_flags_override_preset_and_coerce_types():
     (["--reward=nope"], "reward 'nope' unknown"),
     (["--num_generations=1"], ">= 2"),
     (["--preset=huge"], "unknown preset"),
-    (["--preset=qwen3-14b-rtx6000"], "--data is required"),
+    (["--preset=qwen3-14b-rtx6000", "--judge_model=m", "--judge_base_url=http://h/v1"], "--data is required"),
+    (["--steps=0"], "--steps must be >= 1, got 0"),
+    (["--save_every=0"], "--save_every must be >= 1"),
+    (["--prompts_per_step=0"], "--prompts_per_step must be >= 1"),
+    (["--keep_last=0"], "--keep_last must be >= 1"),
+    (["--judge_concurrency=0"], "--judge_concurrency must be >= 1"),
+    (["--lr=-1"], "--lr must be a finite number > 0"),
+    (["--lr=nan"], "--lr must be a finite number > 0"),
+    (["--lr=inf"], "--lr must be a finite number > 0"),
+    (["--temperature=0"], "--temperature must be a finite number > 0"),
+    (["--judge_timeout=0"], "--judge_timeout must be a finite number > 0"),
+    (["--max_unknown_steps=-1"], "--max_unknown_steps must be >= 0"),
+    (["--judge=openai", "--judge_base_url=http://localhost:8000/v1"], "needs --judge_model"),
 ])
 def test_bad_flags_name_the_fix(argv, message):
     with pytest.raises(ValueError, match=message):
         parse_args(argv)
+
+
+def test_openai_judge_key_is_checked_in_config(monkeypatch):
+    """The key (or a local server's URL) must be there before anything loads; the key itself is never in the config."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ValueError, match="set OPENAI_API_KEY"):
+        parse_args(["--judge=openai", "--judge_model=gpt-4.1-mini"])
+    assert parse_args(["--judge=openai", "--judge_model=m", "--judge_base_url=http://127.0.0.1:1/v1"]).judge == "openai"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    cfg = parse_args(["--judge=openai", "--judge_model=gpt-4.1-mini", "--judge_timeout=5", "--max_unknown_steps=0"])
+    assert (cfg.judge_timeout, cfg.max_unknown_steps) == (5.0, 0) and "sk-secret-value" not in to_json(cfg)
+
+
+def test_reliability_defaults():
+    cfg = parse_args([])
+    assert (cfg.judge_timeout, cfg.max_unknown_steps, cfg.debug) == (30.0, 3, False)
+    assert parse_args(["--debug"]).debug is True
 
 
 def test_config_round_trips_through_json():

@@ -160,3 +160,65 @@ def test_iter_samples_streams(tmp_path):
     assert next(it).id == "a"  # the first record arrives before the bad line is read
     with pytest.raises(ValueError):
         next(it)
+
+
+def test_empty_file_is_an_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no samples \(the file is empty\)"):
+        load_samples(empty)
+
+
+def test_non_utf8_bytes_name_file_and_line(tmp_path):
+    """Bytes that are not UTF-8 are an error at their line, not silently replaced by U+FFFD."""
+    good = json.dumps({"prompt_id": "a", "prompt": "Chest pain?", "rubrics": [{"criterion": "Aspirin", "points": 5}]})
+    bad = good.replace("Chest pain?", "Chest pain\\u00e9?").encode().replace(b"\\u00e9", b"\xe9")  # latin-1 é
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(good.encode() + b"\n" + bad + b"\n")
+    with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8 \(byte 0xe9"):
+        load_samples(path)
+    errors = []
+    assert [s.id for s in load_samples(path, skip_bad=True, errors=errors)] == ["a"] and len(errors) == 1
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n")  # a UTF-8 byte-order mark is fine
+    assert load_samples(bom)[0].id == "a"
+
+
+def test_rubric_with_only_zero_points_is_rejected_and_counted(tmp_path):
+    rec = lambda i, pts: json.dumps({"prompt_id": f"p{i}", "prompt": "Chest pain?",
+                                     "rubrics": [{"criterion": "Aspirin", "points": p} for p in pts]})
+    path = tmp_path / "zero.jsonl"
+    path.write_text("\n".join([rec(1, [0, 0]), rec(2, [5, 0]), rec(3, [0])]) + "\n")
+    with pytest.raises(ValueError, match=r"zero\.jsonl:1: every rubric criterion has 0 points"):
+        load_samples(path)
+    errors = []
+    assert [s.id for s in load_samples(path, skip_bad=True, errors=errors)] == ["p2"] and len(errors) == 2
+    only_zero = tmp_path / "only_zero.jsonl"
+    only_zero.write_text(rec(1, [0]) + "\n")
+    with pytest.raises(ValueError, match=r"no samples \(1 bad lines skipped, first: .*0 points"):
+        load_samples(only_zero, skip_bad=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from grpo.model import build_tiny
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(build_tiny())
+
+
+def test_clip_messages_keeps_the_last_tokens_like_the_policy(tiny_tokenizer):
+    from data.loaders import clip_messages
+    tok = tiny_tokenizer
+    n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+    short = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Chest pain at rest?"}]
+    assert clip_messages(short, tok, 1000) == short  # under budget: unchanged (the judge cache keys stay the same)
+    long = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "pain " * 5000 + "What now?"}]
+    clipped = clip_messages(long, tok, 50)
+    assert [m["role"] for m in clipped] == ["user"]  # the oldest turn goes first, as the policy's left-truncation
+    text = clipped[0]["content"]
+    assert text.startswith("…") and text.endswith("What now?") and n_tokens(text[1:]) <= 51
+    last = n_tokens(short[1]["content"])
+    two = clip_messages(short, tok, last + 2)  # the user turn whole, the start of the system turn cut
+    cut = two[0]["content"]
+    assert two[1] == short[1] and cut.startswith("…") and "Be brief.".endswith(cut[1:]) and 0 < n_tokens(cut[1:]) <= 2
