@@ -230,9 +230,10 @@ def test_full_finetune_plans_fp32_master_weights_and_the_fsdp_rollout_gather():
     assert memory.fsdp_rollout_fits(SHAPES["qwen3-0.6b"], replace(run, prompts_per_step=1), 80, 8)
 
 
-def test_run_shape_follows_the_trainer_config():
+def test_run_shape_follows_the_trainer_config(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the paper preset grades with an OpenAI judge
     from grpo.config import parse_args
-    cfg = parse_args(["--preset", "qwen3-14b-rtx6000", "--data", "x.jsonl"])
+    cfg = parse_args(["--preset", "qwen3-14b-rtx6000", "--data", "x.jsonl", "--judge_model", "gpt-4.1-mini"])
     run = memory.run_shape(cfg)
     got = (run.G, run.completion_len, run.prompt_len, run.micro_batch, run.rollout_batch, run.lora_r)
     assert got == (6, 1024, 512, 6, 24, 16)

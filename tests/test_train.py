@@ -239,6 +239,7 @@ def test_init_adapter_reference_is_the_sft_policy(tmp_path, capsys):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)  # a warm start that changed the model
     model.save_pretrained(tmp_path / "sft")
     main(SMALL + ["--steps=2", "--full_finetune=false", "--beta=0.1", "--lora_r=4", "--save_every=1",
+                  "--prompts_per_step=4", "--num_generations=8", "--max_new_tokens=40",  # groups with reward spread
                   f"--init_adapter={tmp_path / 'sft'}", f"--out={tmp_path / 'grpo'}"])
     rows = _metrics(tmp_path / "grpo")
     assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0  # step 2: the policy has moved away from the SFT reference
