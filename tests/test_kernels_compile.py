@@ -46,7 +46,8 @@ def compile_kernel(fn, dtype, constexprs, num_warps, num_stages, cap):
         elif name.endswith("_ptr"):
             sig[name] = {"targets_ptr": "*i64", "h_ptr": f"*{TL_DTYPE[dtype]}", "w_ptr": f"*{TL_DTYPE[dtype]}",
                          "logits_ptr": f"*{TL_DTYPE[dtype]}", "dlogits_ptr": f"*{TL_DTYPE[dtype]}",
-                         "dz_ptr": f"*{TL_DTYPE[dtype]}", "seq_ids_ptr": "*i64", "out_ptr": "*i64"}.get(name, "*fp32")
+                         "dz_ptr": f"*{TL_DTYPE[dtype]}", "seq_ids_ptr": "*i64",
+                         "out_ptr": "*i64"}.get(name, "*fp32")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in FLOAT_ARGS:
             sig[name] = "fp32"
