@@ -170,3 +170,18 @@ def test_greedy_and_user_errors():
 @pytest.mark.skipif(not kernels.HAS_TRITON or TRITON_HERE, reason="triton missing, or its cases already ran here")
 def test_triton_cases_in_interpreter():
     run_interpreted(__file__)
+
+
+def test_bench_sampler_runs_on_cpu():
+    """bench/bench_kernels.py --sampler at a tiny shape: a table, then a JSON last line with every method agreeing."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+    r = subprocess.run([sys.executable, str(script), "--sampler", "--n", "3", "--v", "500", "--reps", "1"],
+                       capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])["sampler"]["3"]
+    assert len(rows) >= 2 and all(row["same_tokens"] and row["ms"] > 0 for row in rows)
