@@ -2,6 +2,7 @@
 
     python bench/bench_kernels.py                      # CUDA: Qwen3-14B head (H=5120, V=151,936), N = 4k, 16k, 64k
     python bench/bench_kernels.py --n 1024 --h 64 --v 4096 --reps 3   # anything; CPU default is a small shape
+    python bench/bench_kernels.py --sampler            # kernels.sample_tokens vs grpo/rollout.py's torch sampler
 
 Prints one table per N and, as its last line, one JSON object (what bench/RESULTS.md needs). `run(...)` returns
 the same dict for bench/throughput.py. On CPU only the torch paths run (eager reference vs our chunked path), at a
@@ -222,6 +223,45 @@ def print_tables(result):
                       f"{f('floor_x', '7.2f'):>7s} {f('fwd+bwd_extra_gb', '9.2f'):>9s}")
 
 
+def run_sampler(rows_list=None, V=None, dtype="bf16", device=None, reps=None) -> dict:
+    """One decode step's sampling (top-k 50, top-p 0.95, min-p 0.05, T 0.7) per method: ms, logits GB/s (read once),
+    extra peak GB, and whether its tokens equal today's sampler (filter_logits + gumbel_noise argmax)."""
+    from grpo.rollout import filter_logits, gumbel_noise
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    rows_list, V, reps = rows_list or ([64, 512] if gpu else [16]), V or (151_936 if gpu else 8192), reps or 3
+    f = dict(temperature=0.7, top_k=50, top_p=0.95, min_p=0.05)
+
+    def today(x, seq):
+        return (filter_logits(x, **f) + gumbel_noise(1, seq, 5, x.shape[-1])).argmax(-1)
+    methods = {"torch sampler (grpo/rollout.py today)": today,
+               "ours: torch reference (chunked)": lambda x, s: kernels.sample_tokens(x, s, 5, seed=1, impl="torch",
+                                                                                    **f)}
+    if gpu and kernels.HAS_TRITON:
+        methods["ours: triton, one program per row"] = lambda x, s: kernels.sample_tokens(x, s, 5, seed=1,
+                                                                                           impl="triton", **f)
+    result = {"device": torch.cuda.get_device_name(device) if gpu else "cpu",
+              "date": datetime.date.today().isoformat(), "dtype": dtype, "V": V, "sampler": {}}
+    for rows in rows_list:
+        x = (3 * torch.randn(rows, V, device=device)).to(DTYPES[dtype])                             # (rows, V)
+        seq = torch.arange(rows, device=device)
+        with torch.no_grad():
+            want = today(x, seq)
+            result["sampler"][rows] = []
+            for name, fn in methods.items():
+                t = timed(lambda: fn(x, seq), device, reps)
+                result["sampler"][rows].append({"method": name, "ms": 1e3 * t, "same_tokens": bool(torch.equal(
+                    fn(x, seq), want)), "gbs": x.numel() * x.element_size() / t / 1e9,
+                    "extra_gb": extra_peak_gb(lambda: fn(x, seq), device)})
+    for rows, table in result["sampler"].items():
+        print(f"\nsampler rows={rows} V={V} {dtype}")
+        print(f"{'method':44s} {'ms':>9s} {'GB/s':>9s} {'extra GB':>9s} same tokens")
+        for r in table:
+            print(f"{r['method']:44s} {r['ms']:9.3f} {r['gbs']:9.2f} "
+                  f"{'-' if r['extra_gb'] is None else format(r['extra_gb'], '9.3f'):>9s} {r['same_tokens']}")
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", help="completion tokens per call (default 4k 16k 64k on CUDA)")
@@ -230,7 +270,11 @@ def main():
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--reps", type=int, help="timed repetitions after warm-up (median reported)")
     p.add_argument("--no-selective", action="store_true", help="skip selective_logprobs (it builds (N, V) logits)")
+    p.add_argument("--sampler", action="store_true", help="time only the sampler (rows = --n, default 64 512 on CUDA)")
     a = p.parse_args()
+    if a.sampler:
+        print(json.dumps(run_sampler(a.n, a.v, a.dtype, reps=a.reps)))
+        return
     result = run(a.n, a.h, a.v, a.dtype, reps=a.reps, selective=not a.no_selective)
     print_tables(result)
     print(json.dumps(result))

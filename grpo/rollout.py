@@ -75,19 +75,32 @@ def gumbel_noise(seed: int, seq_ids: torch.Tensor, t: int, vocab: int) -> torch.
 
 
 def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
-    """logits (rows, V) → filtered log-probs at `temperature`; removed tokens are -inf. Order as in HF: top-k, top-p, min-p."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (rows, V)
+    """logits (rows, V) → filtered log-probs at `temperature`, renormalised over the kept tokens; removed are -inf.
+
+    HF's warpers in HF's order (transformers `_get_logits_processor`): temperature, top-k, top-p, min-p, each
+    applied to what the previous one kept, with min_tokens_to_keep=1:
+      top-k  keep x >= the k-th largest (ties with it are kept, as `scores < topk[..., -1]` removes only below)
+      top-p  on the distribution renormalised after top-k: keep a token if the mass of tokens above it < top_p
+      min-p  keep p >= min_p · p_max (Nguyen et al. 2024); the ratio ignores renormalisation, so order is moot
+    One departure: a group of tokens tied at the top-p cut is kept whole; HF keeps whichever members its (unstable)
+    sort lists first, which is not a function of the logits. Every filter is a threshold on the log-prob, which
+    is what lets kernels.sample_tokens find the kept set without sorting.
+    """
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)                  # (rows, V)
     if 0 < top_k < logp.shape[-1]:
-        kth = logp.topk(top_k, dim=-1).values[:, -1:]
-        logp = logp.masked_fill(logp < kth, float("-inf"))
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]                                # (rows, 1)
+        logp = torch.log_softmax(logp.masked_fill(logp < kth, float("-inf")), dim=-1)  # renormalise, as HF does
     if top_p < 1.0:
-        sorted_logp, idx = logp.sort(dim=-1, descending=True)
-        mass_before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()  # keep a token if the mass before it < top_p
-        drop = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, idx, mass_before >= top_p)
-        logp = logp.masked_fill(drop, float("-inf"))
+        sorted_logp = logp.sort(dim=-1, descending=True).values                     # (rows, V)
+        p = sorted_logp.double().exp()                                               # fp64: the cut is a sum of V
+        mass_before = p.cumsum(-1) - p                                               # mass of the tokens above
+        n_keep = (mass_before < top_p).sum(-1, keepdim=True).clamp(min=1)            # (rows, 1); top_p=0 keeps 1
+        cut = sorted_logp.gather(-1, n_keep - 1)                                     # smallest kept log-prob
+        logp = torch.log_softmax(logp.masked_fill(logp < cut, float("-inf")), dim=-1)
     if min_p > 0.0:
-        # keep tokens with p >= min_p * p_max (Nguyen et al. 2024): log p >= log p_max + log min_p
+        # p >= min_p · p_max  ⇔  log p >= log p_max + log min_p
         logp = logp.masked_fill(logp < logp.max(-1, keepdim=True).values + math.log(min_p), float("-inf"))
+        logp = torch.log_softmax(logp, dim=-1)
     return logp
 
 

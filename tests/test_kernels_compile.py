@@ -27,11 +27,13 @@ if kernels.HAS_TRITON and not kernels.INTERPRET:
 
 lin = importlib.import_module("kernels.linear_logprobs")
 sel = importlib.import_module("kernels.logprobs")
+smp = importlib.import_module("kernels.sampling")
 
 TL_DTYPE = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 # Qwen3-14B head shapes at 16k completion tokens: the values the JIT would see for the integer arguments.
 INTS = dict(N=16_384, V=151_936, H=5_120, stride_row=151_936, stride_drow=151_936, stride_h=5_120, stride_w=5_120,
-            stride_dz=151_936, tiles_per_split=19)
+            stride_dz=151_936, tiles_per_split=19, top_k=50, seed32=12_345, tmix32=-2_048_144_777)
+FLOAT_ARGS = ("inv_temp", "temperature", "top_p", "log_min_p")
 SHARED_LIMIT = {90: 232_448, 120: 101_376}  # bytes of shared memory one block may use (H100; RTX 6000 PRO)
 
 
@@ -44,9 +46,10 @@ def compile_kernel(fn, dtype, constexprs, num_warps, num_stages, cap):
         elif name.endswith("_ptr"):
             sig[name] = {"targets_ptr": "*i64", "h_ptr": f"*{TL_DTYPE[dtype]}", "w_ptr": f"*{TL_DTYPE[dtype]}",
                          "logits_ptr": f"*{TL_DTYPE[dtype]}", "dlogits_ptr": f"*{TL_DTYPE[dtype]}",
-                         "dz_ptr": f"*{TL_DTYPE[dtype]}"}.get(name, "*fp32")
+                         "dz_ptr": f"*{TL_DTYPE[dtype]}", "seq_ids_ptr": "*i64",
+                         "out_ptr": "*i64"}.get(name, "*fp32")
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name == "inv_temp":
+        elif name in FLOAT_ARGS:
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
@@ -92,7 +95,17 @@ def selective_cases(cap):
         yield "selective_bwd", sel._selective_logprobs_bwd_kernel, dtype, blocks, cfg, cap
 
 
-CASES = [c for cap in (90, 120) for c in (*linear_cases(cap), *selective_cases(cap))] \
+def sampling_cases(cap):
+    """The sampler with every filter on (the longest kernel) and with none (plain Gumbel-max)."""
+    cfg = dict(num_warps=smp._NUM_WARPS, num_stages=3)
+    for dtype in (torch.bfloat16, torch.float32):
+        for on in (True, False):
+            yield ("sampling" + ("" if on else "_plain"), smp._sample_kernel, dtype,
+                   dict(USE_TOP_K=on, USE_TOP_P=on, USE_MIN_P=on, BLOCK_V=smp._BLOCK_V, NUM_PIVOTS=smp._NUM_PIVOTS),
+                   cfg, cap)
+
+
+CASES = [c for cap in (90, 120) for c in (*linear_cases(cap), *selective_cases(cap), *sampling_cases(cap))] \
     if kernels.HAS_TRITON and not kernels.INTERPRET else []
 
 

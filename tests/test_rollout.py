@@ -26,6 +26,49 @@ def test_filters_match_hand_computed_sets():
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-7)
 
 
+def test_top_p_sees_the_distribution_renormalised_after_top_k():
+    p = torch.tensor([[0.5, 0.25, 0.15, 0.07, 0.03]])
+    # top-k 3 renormalises to .5/.9, .25/.9, .15/.9 = .556, .278, .167; mass before each: 0, .556, .833, so top-p .8
+    # keeps two. On the unrenormalised mass (0, .5, .75) it would keep three: the bug this pins.
+    assert _kept(filter_logits(p.log(), temperature=1, top_k=3, top_p=0.8, min_p=0)) == [0, 1]
+    out = filter_logits(p.log(), temperature=1, top_k=3, top_p=0.8, min_p=0).exp()
+    torch.testing.assert_close(out, torch.tensor([[2 / 3, 1 / 3, 0, 0, 0]]), rtol=1e-6, atol=0)  # renormalised
+
+
+def hf_kept(logits, temperature, top_k, top_p, min_p):
+    """The tokens transformers' own warpers keep, chained in the order of GenerationMixin._get_logits_processor."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    procs = [TemperatureLogitsWarper(temperature)]
+    procs += [TopKLogitsWarper(top_k)] if top_k else []
+    procs += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    procs += [MinPLogitsWarper(min_p)] if min_p > 0 else []
+    return torch.isfinite(LogitsProcessorList(procs)(None, logits.float().clone()))
+
+
+@pytest.mark.parametrize("V,rows", [(1823, 64), (151_936, 4)])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("temperature,top_k,top_p,min_p", [(1.0, 50, 0.9, 0.0), (0.7, 0, 0.8, 0.0),
+                                                           (1.3, 200, 0.95, 0.05), (0.3, 5, 0.5, 0.0),
+                                                           (2.0, 0, 1.0, 0.1), (1.0, 1000, 0.6, 0.0)])
+def test_filters_equal_hf_warpers(V, rows, ties, temperature, top_k, top_p, min_p):
+    """Same kept set as HF's TopK → TopP → MinP warpers; with ties, HF keeps an arbitrary part of the group tied at
+    the top-p cut and we keep all of it, so there the extras must all equal HF's smallest kept value."""
+    g = torch.Generator().manual_seed(V + 7 * ties)
+    x = torch.randn(rows, V, generator=g) * 2.5
+    if ties:
+        x = (x * 2).round() / 2                                        # ~30 distinct values: big tie groups
+    hf = hf_kept(x, temperature, top_k, top_p, min_p)
+    ours = torch.isfinite(filter_logits(x, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
+    assert not (hf & ~ours).any()                                      # never drops a token HF keeps
+    if not ties:
+        assert torch.equal(ours, hf)
+        return
+    hf_min = x.masked_fill(~hf, float("inf")).amin(-1, keepdim=True)   # (rows, 1)
+    extra = ours & ~hf
+    assert torch.equal(extra, extra & (x == hf_min))
+
+
 def test_keyed_gumbel_sampling_follows_softmax():
     """argmax(log p + Gumbel) over many sequence ids is distributed as p (chi-square test, fixed seed)."""
     p = torch.tensor([0.4, 0.3, 0.2, 0.07, 0.03])
