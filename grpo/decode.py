@@ -344,36 +344,42 @@ class Decoder:
         return self.out[:, :min(n, last)].clone()
 
 
+def cuda_capture(dec: "Decoder", pool):
+    """Warm the step up on a side stream (as torch.cuda.graph requires), then capture one token_step."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        dec.token_step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool):
+        dec.token_step()
+    return g, g.pool()
+
+
 class CudaGraphs:
-    """One captured `token_step` per attention bucket, replayed; recaptured when the decoder or weights change."""
+    """One captured `token_step` per attention bucket, replayed; recaptured when the decoder or weights change.
+    capture(dec, pool) → (graph with .replay(), pool): cuda_capture, or a stand-in for testing the bookkeeping on CPU."""
 
-    def __init__(self):
-        self.graphs, self.key, self.pool = {}, None, None
+    def __init__(self, capture=cuda_capture):
+        self.graphs, self.key, self.pool, self.capture = {}, None, None, capture
 
-    def step(self, dec: Decoder, kv_len: int) -> None:
+    def prepare(self, dec: Decoder) -> None:
+        """Once per run: keep the graphs if they were captured on this decoder and these very weight tensors."""
         key = (id(dec), dec.w.pointers())
         if key != self.key:
             self.graphs, self.key = {}, key
+
+    def step(self, dec: Decoder, kv_len: int) -> None:
         g = self.graphs.get(kv_len)
         if g is None:
-            g = self.graphs[kv_len] = self._capture(dec)
+            state = [dec.tok, dec.lens, dec.t, dec.done, dec.finish, dec.out]
+            saved = [x.clone() for x in state]  # the warm-up runs the step: undo it (the cache slots it wrote are
+            g, self.pool = self.capture(dec, self.pool)  # rewritten by the real step before anything reads them)
+            for x, y in zip(state, saved):
+                x.copy_(y)
+            self.graphs[kv_len] = g
         g.replay()
-
-    def _capture(self, dec: Decoder):
-        state = [dec.tok, dec.lens, dec.t, dec.done, dec.finish, dec.out]
-        saved = [x.clone() for x in state]  # warm-up runs the step: undo it (cache slots it wrote are rewritten later)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            dec.token_step()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
-            dec.token_step()
-        self.pool = g.pool()
-        for x, y in zip(state, saved):
-            x.copy_(y)
-        return g
 
 
 class StaticEngine(LocalEngine):
@@ -381,14 +387,14 @@ class StaticEngine(LocalEngine):
     name = "static"
 
     def __init__(self, *, sync_every: int = 16, lora: str = "merge", cuda_graphs: bool | None = None,
-                 attn_bucket: int = 256, compile: bool = False):
+                 attn_bucket: int = 256, compile: bool = False, capture=cuda_capture):
         if sync_every < 0 or attn_bucket < 1:
             raise ValueError("sync_every must be >= 0 and attn_bucket >= 1")
         self.sync_every, self.lora, self.attn_bucket = sync_every, lora, attn_bucket
         self.cuda_graphs, self.compile = cuda_graphs, compile
         self._merged: dict = {}
         self._decoders: dict = {}
-        self._graphs = CudaGraphs()
+        self._graphs = CudaGraphs(capture)
 
     def sample_tokens(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, eos: torch.Tensor,
                       pad: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -402,13 +408,15 @@ class StaticEngine(LocalEngine):
                tuple(vars(sampling).values()), w.embed.dtype, str(w.embed.device))
         dec = self._decoders.get(key)
         if dec is None:
-            self._decoders = {key: dec}  # one live decoder: bound memory, a new shape frees the old cache
+            self._decoders = {}  # one live decoder: bound memory, a new shape frees the old cache first
             dec = Decoder(w, S, P, max_new_tokens, eos=eos, pad=pad, sampling=sampling, attn_bucket=self.attn_bucket)
+            self._decoders[key] = dec
         dec.w = w
         step = None
         graphs = self.cuda_graphs if self.cuda_graphs is not None else w.embed.device.type == "cuda"
         if graphs:
-            step = lambda _: self._graphs.step(dec, dec.kv_len)  # noqa: E731
+            self._graphs.prepare(dec)
+            step = lambda kv_len: self._graphs.step(dec, kv_len)  # noqa: E731
         elif self.compile:
             compiled = torch.compile(dec.token_step, mode="reduce-overhead", fullgraph=True)
             step = lambda _: compiled()  # noqa: E731

@@ -57,7 +57,9 @@ def concat_groups(groups: list, pad_id: int) -> Rollouts:
         completion_ids=torch.cat([right(rows(r, b, "completion_ids"), T, pad_id) for r, b in groups]),
         completion_mask=torch.cat([right(rows(r, b, "completion_mask"), T, 0) for r, b in groups]),
         texts=[t for r, b in groups for t in r.texts[b * G:(b + 1) * G]],
-        truncated=torch.cat([rows(r, b, "truncated") for r, b in groups]), num_generations=G)
+        truncated=torch.cat([rows(r, b, "truncated") for r, b in groups]), num_generations=G,
+        sampler_logp=None if any(r.sampler_logp is None for r, _ in groups) else
+        torch.cat([right(rows(r, b, "sampler_logp"), T, 0.0) for r, b in groups]))
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:

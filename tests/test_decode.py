@@ -234,3 +234,47 @@ def test_registry():
         make_engine("vllm")
     with pytest.raises(ValueError, match="lora must be"):
         read_weights(torch.nn.Module(), lora="fused")
+
+
+def test_concat_groups_carries_sampler_logp():
+    """A served engine's own log-probs travel with their rows through DAPO's regrouping, padded with 0 like the mask."""
+    from grpo.rollout import Rollouts, concat_groups
+
+    def roll(T, base):
+        ids = torch.arange(4 * T).view(4, T)
+        return Rollouts(ids[:, :2], torch.ones(4, 2, dtype=torch.long), ids, torch.ones(4, T, dtype=torch.long),
+                        ["x"] * 4, torch.zeros(4, dtype=torch.bool), 2,
+                        sampler_logp=-(base + torch.arange(4 * T, dtype=torch.float32).view(4, T)))
+    a, b = roll(3, 0.0), roll(5, 100.0)
+    m = concat_groups([(a, 1), (b, 0)], pad_id=0)
+    assert m.sampler_logp.shape == (4, 5)
+    assert torch.equal(m.sampler_logp[:2, :3], a.sampler_logp[2:4]) and torch.equal(m.sampler_logp[2:], b.sampler_logp[:2])
+    assert m.sampler_logp[:2, 3:].abs().sum() == 0
+    a.sampler_logp = None
+    assert concat_groups([(a, 0), (b, 0)], pad_id=0).sampler_logp is None
+
+
+def test_graph_bookkeeping_with_a_stand_in_capture(tiny):
+    """The CUDA-graph path's logic on CPU: a stand-in 'graph' bakes in the bucket it was captured for, as a real one
+    bakes in shapes and pointers; warm-up side effects must be undone, one graph per bucket, reuse across calls, and
+    a recapture when the weights change. Tokens equal the eager engine's throughout."""
+    from types import SimpleNamespace
+    model, tok = tiny
+    captured = []
+
+    def capture(dec, pool):
+        dec.token_step()  # the warm-up really runs and moves the buffers on
+        kv = dec.kv_len
+        captured.append(kv)
+        return SimpleNamespace(replay=lambda: (setattr(dec, "kv_len", kv), dec.token_step())), pool
+
+    eng = StaticEngine(cuda_graphs=True, attn_bucket=8, sync_every=3, capture=capture)
+    kw = dict(num_generations=2, max_new_tokens=14, temperature=1.0, top_k=40, seed=6)
+    for i in range(2):
+        _same(eng.generate(model, tok, [LONG, SHORT], **kw, seq_offset=i), EagerEngine().generate(
+            model, tok, [LONG, SHORT], **kw, seq_offset=i))
+    assert len(captured) == len(set(captured)) >= 2  # one capture per bucket, none again on the second call
+    pm = _lora(model)
+    n = len(captured)
+    _same(eng.generate(pm, tok, [LONG, SHORT], **kw), EagerEngine().generate(pm, tok, [LONG, SHORT], **kw))
+    assert len(captured) > n  # same shapes, new weight tensors: the buckets were captured again
