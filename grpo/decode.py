@@ -32,6 +32,16 @@ Bandwidth per token (batch S, context n): weights W bytes once + K/V reads 2·L�
 bucket edge adds at most `attn_bucket` slots per row. GQA is done by viewing the H_q query heads of a step as H_kv
 groups of H_q/H_kv queries, so K/V are read once per KV head, never repeated.
 
+Exactness: the layer math is HF's op for op (RMSNorm in fp32, RoPE table, q/k-norm, SwiGLU), but attention runs
+over a different key length than HF's growing cache, so logits agree to ~1e-6 in fp32, not bit for bit; tokens
+equal the eager engine's in every test (tests/test_decode.py) because a flip needs a near-exact tie of
+log p + Gumbel. Both engines are deterministic, so resume and 2 ranks = 1 rank hold within either engine.
+Attention is PyTorch SDPA (flash-attn's `flash_attn_with_kvcache` would fit the cache layout; not wired: no GPU to
+test it on yet).
+
+Memory: the engine keeps its last decoder (the KV cache, 2·L·S·T_max·H_kv·D·bytes) and the merged-LoRA copies
+between calls, so the next rollout of the same shape reuses buffers and captured graphs; `release()` frees them.
+
 The prefill (the prompt forward) is the same hand-written layer stack over all P positions (compute-bound, eager).
 Only weights and config attributes that are stable across transformers 4.56-5.x are read: the HF modules' weight
 tensors (no copy), `variance_epsilon`, `act_fn`, `rotary_emb.inv_freq` / `attention_scaling`.
@@ -395,6 +405,11 @@ class StaticEngine(LocalEngine):
         self._merged: dict = {}
         self._decoders: dict = {}
         self._graphs = CudaGraphs(capture)
+
+    def release(self) -> None:
+        """Free the kept KV cache, merged-LoRA copies and graphs (e.g. before a memory-tight training phase); the next
+        generate allocates (and captures) again."""
+        self._decoders, self._merged, self._graphs = {}, {}, CudaGraphs(self._graphs.capture)
 
     def sample_tokens(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, eos: torch.Tensor,
                       pad: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,

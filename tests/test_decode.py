@@ -278,3 +278,5 @@ def test_graph_bookkeeping_with_a_stand_in_capture(tiny):
     n = len(captured)
     _same(eng.generate(pm, tok, [LONG, SHORT], **kw), EagerEngine().generate(pm, tok, [LONG, SHORT], **kw))
     assert len(captured) > n  # same shapes, new weight tensors: the buckets were captured again
+    eng.release()
+    assert not eng._decoders and not eng._merged and not eng._graphs.graphs
