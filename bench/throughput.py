@@ -6,15 +6,15 @@
     python bench/throughput.py --shape qwen3-14b --compare           # fused vs reference log-probs, back to back
     python bench/throughput.py --model Qwen/Qwen3-0.6B --judge keyword --grad-checkpointing off --attn eager
 
-Runs real GRPO steps built from the loop's own parts (grpo.rollout.sample_tokens, rewards.judge, grpo.advantages,
+Runs real GRPO steps built from the loop's own parts (a grpo.rollout engine, rewards.judge, grpo.advantages,
 grpo.logprobs.completion_logprobs, grpo.loss.LOSSES, AdamW), `--warmup` unmeasured then `--steps` measured, and prints
   1. a time table: seconds per phase per step, tokens/s and achieved TFLOP/s of each phase, MFU of the step;
   2. a memory table: peak GB per phase next to bench/memory.py's prediction and the ratio measured / planned;
   3. writes OUT/throughput.png (stacked time per phase; memory per phase with the planner's peaks) and, as its last
      line, one JSON object with every number.
 
-Phases: prefill (the prompt forward inside the rollout, timed by hooks on the model call), decode (rest of the
-rollout), judge, old log-probs (only when --num-iterations > 1), ref log-probs (only when --beta > 0), policy forward,
+Phases: prefill (the prompt forward inside the rollout, timed by hooks on the model call or the static engine's
+prefill), decode (rest of the rollout; `--rollout` picks the engine, grpo.rollout.ENGINES), judge, old log-probs (only when --num-iterations > 1), ref log-probs (only when --beta > 0), policy forward,
 policy backward, optimizer (clip + AdamW). Completions always run to --completion-len (no EOS), so every step has the
 same shape. Random-weight models write noise, so the judge is timed on the bundled demo's reference answers (real
 text of real length); with --model PATH it grades the decoded completions.
@@ -50,7 +50,7 @@ from grpo.advantages import group_advantages  # noqa: E402
 from grpo.logprobs import IMPLS, completion_logprobs  # noqa: E402
 from grpo.loss import LOSSES  # noqa: E402
 from grpo.model import SHAPES, Reference, add_lora, default_dtype, load_model, random_model  # noqa: E402
-from grpo.rollout import completion_masks, sample_tokens  # noqa: E402
+from grpo.rollout import ENGINES, completion_masks, make_engine  # noqa: E402
 
 GB = 1e9
 PHASES = ("prefill", "decode", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
@@ -99,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (0 = B*G)")
     ap.add_argument("--rollout-batch", type=int, default=None, help="sequences decoded at once (0 = B*G)")
     ap.add_argument("--min-p", type=float, default=0.1, help="rollout min-p (the paper's 0.1)")
+    ap.add_argument("--rollout", default="static", choices=sorted(ENGINES), help="rollout engine (grpo.rollout.ENGINES)")
     # Loss
     ap.add_argument("--loss", default="grpo", choices=sorted(LOSSES))
     ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient; > 0 adds the reference forward")
@@ -154,23 +155,37 @@ class Clock:
 
 @contextlib.contextmanager
 def prefill_timer(model, clock: Clock):
-    """Time the prompt forward inside sample_tokens: the model call whose input has more than one position."""
-    t0 = []
+    """Time the prompt forward inside the rollout: the model call whose input has more than one position (eager
+    engine), or grpo.decode.prefill (static engine: its own layer stack, not a model call)."""
+    import grpo.decode as decode
+    t0, own = [], decode.prefill
 
-    def pre(module, args, kwargs):
-        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] > 1:
-            clock.sync()
-            t0.append(time.perf_counter())
+    def start():
+        clock.sync()
+        t0.append(time.perf_counter())
 
-    def post(module, args, kwargs, out):
+    def stop():
         if t0:
             clock.sync()
             clock.time["prefill"] += time.perf_counter() - t0.pop()
 
-    hooks = [model.register_forward_pre_hook(pre, with_kwargs=True), model.register_forward_hook(post, with_kwargs=True)]
+    def pre(module, args, kwargs):
+        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] > 1:
+            start()
+
+    def timed(*args, **kwargs):
+        start()
+        out = own(*args, **kwargs)
+        stop()
+        return out
+
+    hooks = [model.register_forward_pre_hook(pre, with_kwargs=True),
+             model.register_forward_hook(lambda *_, **__: stop(), with_kwargs=True)]
+    decode.prefill = timed
     try:
         yield
     finally:
+        decode.prefill = own
         for h in hooks:
             h.remove()
 
@@ -210,7 +225,7 @@ def make_reward_fn(a, tokenizer):
 NO_EOS = torch.tensor([], dtype=torch.long)  # decode every sequence to --completion-len
 
 
-def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl: str, clock: Clock, V: int):
+def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl: str, clock: Clock, V: int, engine):
     """One GRPO step on random prompts, composed as grpo/train.py composes it; every phase inside `clock`."""
     device = next(model.parameters()).device
     B, G, P, T = a.prompts, a.G, a.prompt_len, a.completion_len
@@ -219,7 +234,7 @@ def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl
     prompt_ids = prompt_ids.repeat_interleave(G, 0).to(device)                    # (S, P) G samples per prompt
     prompt_mask = torch.ones_like(prompt_ids)                                     # (S, P)
     with clock("rollout"), prefill_timer(model, clock):
-        completion = torch.cat([sample_tokens(model, prompt_ids[i:i + R], prompt_mask[i:i + R], eos=NO_EOS.to(device),
+        completion = torch.cat([engine.sample_tokens(model, prompt_ids[i:i + R], prompt_mask[i:i + R], eos=NO_EOS.to(device),
                                               pad=0, max_new_tokens=T, temperature=1.0, min_p=a.min_p,
                                               seed=a.seed, seq_offset=step * S + i) for i in range(0, S, R)])  # (S, T)
     cmask, _ = completion_masks(completion, NO_EOS.to(device))                    # (S, T) all ones
@@ -363,7 +378,8 @@ def bench(a, model, tokenizer, V: int, cfg, device, dtype, impl: str) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     reward_fn, graded = make_reward_fn(a, tokenizer)
-    run = lambda step, clock: grpo_step(step, model, reference, optimizer, params, reward_fn, a, impl, clock, V)  # noqa: E731
+    engine = make_engine(a.rollout)
+    run = lambda step, clock: grpo_step(step, model, reference, optimizer, params, reward_fn, a, impl, clock, V, engine)  # noqa: E731
 
     for step in range(a.warmup):
         run(step, Clock(device))
@@ -409,6 +425,9 @@ def bench(a, model, tokenizer, V: int, cfg, device, dtype, impl: str) -> dict:
     # decode reads every weight matrix once per call; an untied embedding table is only indexed
     weight_bytes = (n_params - (0 if dims["tied"] else dims["V"] * dims["H"])) * torch.finfo(dtype).bits // 8
     decode_gbps = rate(weight_bytes * (T - 1) * math.ceil(S / (a.rollout_batch or S)), mean["decode"])
+    floor = load_by_path("bench_decode").floor_ratio(  # decode ms/step vs (weights + K/V bytes) / copy bandwidth
+        model, mean["decode"], rows=a.rollout_batch or S, prompt_len=P, new_tokens=T,
+        chunks=math.ceil(S / (a.rollout_batch or S)), bw=load_by_path("bench_decode").copy_bandwidth(device))
 
     dname = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[str(dtype).split(".")[-1]]
     shape = memory.RunShape(prompts_per_step=a.prompts, G=a.G, prompt_len=P, completion_len=T,
@@ -434,7 +453,9 @@ def bench(a, model, tokenizer, V: int, cfg, device, dtype, impl: str) -> dict:
                    "judge": a.judge, "judge_graded": graded, "min_p": a.min_p},
         "steps": a.steps, "warmup": a.warmup, "tokens": tokens, "time_s": mean, "per_step_time_s": per_step,
         "tok_per_s": tok_per_s, "flops": flops, "tflops": tflops, "peak_tflops": peak, "mfu": mfu,
-        "decode_weight_gb_per_s": None if decode_gbps is None else decode_gbps / GB,
+        "decode_weight_gb_per_s": None if decode_gbps is None else decode_gbps / GB, "rollout_engine": a.rollout,
+        "decode_ms_per_step": floor["decode_ms_per_step"], "decode_floor_ms_per_step": floor["floor_ms_per_step"],
+        "decode_ratio_to_floor": floor["ratio_to_floor"],
         "memory_gb": {p: mem[p] / GB for p in MEM_PHASES if p in mem}, "memory_method": method,
         "planner": planner, "rss_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
     }
@@ -480,6 +501,10 @@ def table(r: dict) -> str:
                  f"   (completion tokens / step time) | {mfu}")
     if r["decode_weight_gb_per_s"]:
         lines.append(f"decode reads the weights once per token: {r['decode_weight_gb_per_s']:,.2f} GB/s (KV reads not counted)")
+    if r.get("decode_ms_per_step"):
+        lines.append(f"decode ({r['rollout_engine']} engine): {r['decode_ms_per_step']:.2f} ms/step, floor "
+                     f"{r['decode_floor_ms_per_step']:.2f} ms (weights + K/V ÷ measured copy bandwidth): "
+                     f"{r['decode_ratio_to_floor']:.1f}× the floor")
     pl = r["planner"]
     lines += ["", f"memory, GB = 1e9 B, MB = 1e6 B ({r['memory_method']})",
               f"{'phase':<17}{'measured':>12}{'planned':>12}{'measured/planned':>18}"]

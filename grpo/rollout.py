@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 
@@ -29,6 +30,8 @@ class Rollouts:
     texts: list                    # B*G decoded completions (special tokens removed)
     truncated: torch.Tensor        # (B*G,) bool — hit max_new_tokens before EOS
     num_generations: int
+    sampler_logp: torch.Tensor | None = None  # (B*G, T) float32 log p of each token under the sampling engine's own
+    #                                           distribution (a served engine fills it; local engines leave None)
 
     @property
     def input_ids(self) -> torch.Tensor:  # (B*G, P+T)
@@ -54,7 +57,9 @@ def concat_groups(groups: list, pad_id: int) -> Rollouts:
         completion_ids=torch.cat([right(rows(r, b, "completion_ids"), T, pad_id) for r, b in groups]),
         completion_mask=torch.cat([right(rows(r, b, "completion_mask"), T, 0) for r, b in groups]),
         texts=[t for r, b in groups for t in r.texts[b * G:(b + 1) * G]],
-        truncated=torch.cat([rows(r, b, "truncated") for r, b in groups]), num_generations=G)
+        truncated=torch.cat([rows(r, b, "truncated") for r, b in groups]), num_generations=G,
+        sampler_logp=None if any(r.sampler_logp is None for r, _ in groups) else
+        torch.cat([right(rows(r, b, "sampler_logp"), T, 0.0) for r, b in groups]))
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -125,34 +130,86 @@ def stop_token_ids(model, tokenizer) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i is not None), device=next(model.parameters()).device)
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list, *, num_generations: int = 1, max_new_tokens: int = 256,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
-             seed: int = 0, seq_offset: int = 0, max_prompt_len: int | None = None, rollout_batch: int = 0) -> Rollouts:
-    """Sample `num_generations` completions for each prompt (a list of chat messages).
+class Engine(Protocol):
+    """What the loop calls to roll out; pick one with make_engine(--rollout). All return the same Rollouts."""
+    name: str
 
-    seed, seq_offset: sequence row r is sampled with noise keyed by (seed, seq_offset + r); pass the global index of the
-    first row so the same sequence gets the same tokens on any rank or batch layout. temperature 0 = greedy.
-    rollout_batch: decode at most this many sequences at once (0 = all), bounding the KV cache; same samples either way.
-    """
-    device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    prompt_ids = enc["input_ids"].repeat_interleave(num_generations, 0).to(device)     # (B*G, P)
-    prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0).to(device)
-    if max_prompt_len and prompt_ids.shape[1] > max_prompt_len:  # keep the end: the question is the last user turn
-        prompt_ids, prompt_mask = prompt_ids[:, -max_prompt_len:], prompt_mask[:, -max_prompt_len:]
-    eos, pad = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
-    rows, step = prompt_ids.shape[0], rollout_batch or prompt_ids.shape[0]
-    parts = [sample_tokens(model, prompt_ids[i:i + step], prompt_mask[i:i + step], eos=eos, pad=pad,
-                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                           min_p=min_p, seed=seed, seq_offset=seq_offset + i) for i in range(0, rows, step)]
-    T = max(p.shape[1] for p in parts)
-    completion_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=pad) for p in parts])  # (B*G, T)
-    completion_mask, truncated = completion_masks(completion_ids, eos)
-    decoded = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad).tolist(),
-                                     skip_special_tokens=True)
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, decoded, truncated, num_generations)
+    def generate(self, model, tokenizer, prompts: list, *, num_generations: int, max_new_tokens: int,
+                 temperature: float, top_p: float, top_k: int, min_p: float, seed: int, seq_offset: int,
+                 max_prompt_len: int | None, rollout_batch: int) -> Rollouts: ...
+
+    def after_update(self, model, step: int) -> None: ...  # weight-sync hook; a no-op for in-process engines
+
+
+class LocalEngine:
+    """An in-process engine: tokenise, chunk by rollout_batch, decode each chunk with `sample_tokens`, assemble."""
+    name = "local"
+
+    def sample_tokens(self, model, prompt_ids, prompt_mask, **kw) -> torch.Tensor:  # (S, P) → (S, T)
+        raise NotImplementedError
+
+    def after_update(self, model, step: int) -> None:
+        pass  # the engine reads the model's own tensors at every generate: nothing to sync
+
+    @torch.no_grad()
+    def generate(self, model, tokenizer, prompts: list, *, num_generations: int = 1, max_new_tokens: int = 256,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
+                 seq_offset: int = 0, max_prompt_len: int | None = None, rollout_batch: int = 0) -> Rollouts:
+        """Sample `num_generations` completions for each prompt (a list of chat messages).
+
+        seed, seq_offset: sequence row r is sampled with noise keyed by (seed, seq_offset + r); pass the global index
+        of the first row so the same sequence gets the same tokens on any rank or batch layout. temperature 0 = greedy.
+        rollout_batch: decode at most this many sequences at once (0 = all), bounding the KV cache; same samples.
+        """
+        device = next(model.parameters()).device
+        texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        prompt_ids = enc["input_ids"].repeat_interleave(num_generations, 0).to(device)     # (B*G, P)
+        prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0).to(device)
+        if max_prompt_len and prompt_ids.shape[1] > max_prompt_len:  # keep the end: the question is the last turn
+            prompt_ids, prompt_mask = prompt_ids[:, -max_prompt_len:], prompt_mask[:, -max_prompt_len:]
+        eos, pad = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
+        rows, step = prompt_ids.shape[0], rollout_batch or prompt_ids.shape[0]
+        parts = [self.sample_tokens(model, prompt_ids[i:i + step], prompt_mask[i:i + step], eos=eos, pad=pad,
+                                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                    min_p=min_p, seed=seed, seq_offset=seq_offset + i) for i in range(0, rows, step)]
+        T = max(p.shape[1] for p in parts)
+        completion_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=pad) for p in parts])
+        completion_mask, truncated = completion_masks(completion_ids, eos)                 # (B*G, T), (B*G,)
+        decoded = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad).tolist(),
+                                         skip_special_tokens=True)
+        return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, decoded, truncated, num_generations)
+
+
+class EagerEngine(LocalEngine):
+    """`--rollout eager`: one HF forward per token over HF's dynamic cache — slow, simple, the reference."""
+    name = "eager"
+
+    def __init__(self):
+        pass
+
+    def sample_tokens(self, model, prompt_ids, prompt_mask, **kw) -> torch.Tensor:
+        return sample_tokens(model, prompt_ids, prompt_mask, **kw)
+
+
+def _static(**options) -> Engine:
+    from grpo.decode import StaticEngine  # decode.py imports this module's sampler
+    return StaticEngine(**options)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"eager": EagerEngine, "static": _static}
+
+
+def make_engine(name: str, **options) -> Engine:
+    """The engine called `name` (--rollout NAME), built with its options."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; choose one of {', '.join(sorted(ENGINES))}")
+    return ENGINES[name](**options)
+
+
+def generate(model, tokenizer, prompts: list, **kw) -> Rollouts:
+    """The eager engine's generate (the reference); kept for existing callers. See LocalEngine.generate."""
+    return EagerEngine().generate(model, tokenizer, prompts, **kw)
 
 
 @torch.no_grad()
