@@ -46,11 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a clone without `pip install -e`
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 from data import bundled_demo_path, load_samples  # noqa: E402
 from data.format import to_messages  # noqa: E402
 from grpo.advantages import group_advantages  # noqa: E402
-from grpo.dist import PolicyLogprobs  # noqa: E402
+from grpo.logprobs import completion_logprobs  # noqa: E402
 from grpo.loss import LOSSES  # noqa: E402
 from grpo.model import Reference, add_lora, build_tiny, load_model  # noqa: E402
 from grpo.rollout import completion_masks, sample_tokens  # noqa: E402
@@ -70,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured step pairs first")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
     ap.add_argument("--logprob-impl", default="fused", help="grpo.logprobs impl for our step")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead: time our train phase N times on one rollout and print its torch.profiler table")
     a = ap.parse_args(argv)
     if a.tokens < 2 or a.G < 2:
         ap.error("--tokens and --G must be >= 2")
@@ -89,10 +92,10 @@ class Ours:
         self.a = a
         model, self.tok = load_model(model_dir, device=torch.device("cpu"), dtype=torch.float32)
         self.model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
-        self.policy = PolicyLogprobs(self.model)  # what train.py's dist.parallelize(model, "none") returns
-        self.policy.train()
+        self.model.train()
         self.reference = Reference(self.model, keep_copy=False)  # LoRA: adapter off, as TRL does
-        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.share_prompt = True  # grpo.logprobs default; --profile times both
         self.optimizer = torch.optim.AdamW(self.params, lr=a.lr, weight_decay=0.0)
         texts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
         self.texts = texts
@@ -117,22 +120,34 @@ class Ours:
         advantages = group_advantages(rewards, scale="group").reshape(-1)              # (B*G,)
         t2 = time.perf_counter()
         # ---- train: reference log-probs, policy log-probs, loss, backward, clip, AdamW ----
+        self.last_batch = (prompt_ids, prompt_mask, completion, cmask, advantages)  # for --profile
+        loss = self.train_phase(*self.last_batch)
+        t3 = time.perf_counter()
+        return {"rollout": t1 - t0, "reward": t2 - t1, "train": t3 - t2, "step": t3 - t0,
+                "tokens": int(cmask.sum()), "loss": loss.item()}
+
+    def train_phase(self, prompt_ids, prompt_mask, completion, cmask, advantages) -> torch.Tensor:
+        """Reference log-probs (β > 0), policy log-probs + entropy, loss, backward, clip, AdamW; returns the loss."""
+        a, T = self.a, completion.shape[1]
         input_ids = torch.cat([prompt_ids, completion], 1)                            # (B*G, P+T)
         attn = torch.cat([prompt_mask, cmask], 1)                                      # (B*G, P+T)
         ref_logp = None
         if a.beta > 0:
-            with torch.no_grad(), self.reference.active() as ref_model:
-                ref_logp = PolicyLogprobs(ref_model)(input_ids, attn, cmask, impl=a.logprob_impl)  # (B*G, T)
-        logp, entropy = self.policy(input_ids, attn, cmask, impl=a.logprob_impl, with_entropy=True)  # (B*G, T)
-        loss, _ = LOSSES["grpo"](logp, logp.detach(), ref_logp, advantages, cmask, eps_low=0.2, eps_high=0.2,
-                                 beta=a.beta, max_len=T)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        return {"rollout": t1 - t0, "reward": t2 - t1, "train": t3 - t2, "step": t3 - t0,
-                "tokens": int(cmask.sum()), "loss": loss.item()}
+            with record_function("train/ref_logp"), torch.no_grad(), self.reference.active() as ref_model:
+                ref_logp = completion_logprobs(ref_model, input_ids, attn, cmask, impl=a.logprob_impl,
+                                               share_prompt=self.share_prompt)                     # (B*G, T)
+        with record_function("train/policy_fwd"):  # train.py calls this through dist.PolicyLogprobs (a thin wrapper)
+            logp, entropy = completion_logprobs(self.model, input_ids, attn, cmask, impl=a.logprob_impl,
+                                                with_entropy=True, share_prompt=self.share_prompt)  # (B*G, T)
+            loss, _ = LOSSES["grpo"](logp, logp.detach(), ref_logp, advantages, cmask, eps_low=0.2, eps_high=0.2,
+                                     beta=a.beta, max_len=T)
+        with record_function("train/policy_bwd"):
+            loss.backward()
+        with record_function("train/optimizer"):
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
 
 # ------------------------------------------------------------------------------------------------------ TRL side
@@ -201,6 +216,33 @@ def run_trl(model_dir: str, prompts: list, ours: Ours, a) -> tuple[list, list]:
     return trl_rows, our_rows, lens
 
 
+def profile_train(ours: Ours, a) -> None:
+    """--profile N: one rollout, then our train phase N times per variant, interleaved (median s), and the default
+    variant once under torch.profiler (table by self CPU time, seconds per sub-phase)."""
+    for i in range(a.warmup + 1):
+        ours.step(i)
+    variants = {"prompt once per group (share_prompt)": True, "every row in full": False}
+    times = {k: [] for k in variants}
+    for _ in range(a.profile):
+        for k, share in variants.items():
+            ours.share_prompt = share
+            t0 = time.perf_counter()
+            ours.train_phase(*ours.last_batch)
+            times[k].append(time.perf_counter() - t0)
+    ours.share_prompt = True
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ours.train_phase(*ours.last_batch)
+    table = prof.key_averages()
+    print(table.table(sort_by="self_cpu_time_total", row_limit=25))
+    ranges = {e.key[6:]: e.cpu_time_total / 1e6 for e in table if e.key.startswith("train/")}
+    print("profiled run: " + ", ".join(f"{k} {v:.3f} s" for k, v in ranges.items()))
+    for k, ts in times.items():
+        print(f"train phase, {k}: median {statistics.median(ts):.3f} s (min {min(ts):.3f}, max {max(ts):.3f})")
+    print(json.dumps({"bench": "bench_trl.profile", "threads": a.threads, "load_1min": round(os.getloadavg()[0], 2),
+                      "train_s": {k: statistics.median(ts) for k, ts in times.items()},
+                      "profiled_s": ranges}))
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def summarise(rows: list) -> dict:
     return {p: {"median": statistics.median(r[p] for r in rows), "min": min(r[p] for r in rows),
@@ -210,7 +252,6 @@ def summarise(rows: list) -> dict:
 def main(argv=None) -> None:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
-    import trl
     model_dir = build_tiny()
     samples = load_samples(bundled_demo_path())
     if a.prompts > len(samples):
@@ -218,6 +259,9 @@ def main(argv=None) -> None:
     prompts = [to_messages(s) for s in samples[:a.prompts]]
     torch.manual_seed(0)
     ours = Ours(model_dir, prompts, a)
+    if a.profile:
+        return profile_train(ours, a)
+    import trl
     trl_rows, our_rows, trl_lens = run_trl(model_dir, prompts, ours, a)
     trl_rows, our_rows = trl_rows[a.warmup:], our_rows[a.warmup:]
     s_trl, s_our = summarise(trl_rows), summarise(our_rows)
