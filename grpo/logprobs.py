@@ -41,6 +41,12 @@ def _distinct_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, T: 
     return first, inverse
 
 
+def _checkpointing(model) -> bool:
+    """Activation checkpointing on? (transformers ≥ 5.x renamed is_gradient_checkpointing; ask the new name first.)"""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
+
+
 def _cache_kw(decoder) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this version's decoder speaks."""
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
@@ -77,7 +83,7 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                 # (S, P+T) same as during rollout
     decoder = model.get_decoder()
     shared = None
-    if share_prompt and T >= 2 and input_ids.shape[1] > T and not getattr(model, "is_gradient_checkpointing", False):
+    if share_prompt and T >= 2 and input_ids.shape[1] > T and not _checkpointing(model):
         shared = _distinct_prompts(input_ids, attention_mask, T)
     if shared is not None:
         hidden = _hidden_shared_prompt(decoder, model.config, input_ids, attention_mask, position_ids, T, *shared)
