@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured step pairs first")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
     ap.add_argument("--logprob-impl", default="fused", help="grpo.logprobs impl for our step")
+    ap.add_argument("--share-prompt", default="on", choices=["on", "off"],
+                    help="our log-probs run each distinct prompt once (grpo.logprobs default) or every row in full")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="instead: time our train phase N times on one rollout and print its torch.profiler table")
     a = ap.parse_args(argv)
@@ -259,6 +261,7 @@ def main(argv=None) -> None:
     prompts = [to_messages(s) for s in samples[:a.prompts]]
     torch.manual_seed(0)
     ours = Ours(model_dir, prompts, a)
+    ours.share_prompt = a.share_prompt == "on"
     if a.profile:
         return profile_train(ours, a)
     import trl
@@ -269,7 +272,7 @@ def main(argv=None) -> None:
     tokens = a.prompts * a.G * a.tokens
 
     print(f"\nGRPO step, {a.prompts} prompts × {a.G} samples × {a.tokens} tokens, LoRA r{a.lora_r}, β {a.beta}, "
-          f"{a.repeats} pairs (after {a.warmup} warmup), {a.threads} threads, torch {torch.__version__}, "
+          f"{a.repeats} pairs (after {a.warmup} warmup), {a.threads} threads, share_prompt {a.share_prompt}, torch {torch.__version__}, "
           f"trl {trl.__version__}, load {os.getloadavg()[0]:.2f}")
     print(f"{'phase':<10}{'TRL s (min–max)':>22}{'ours s (min–max)':>22}{'ours / TRL':>12}")
     for p in PHASES:
@@ -281,7 +284,7 @@ def main(argv=None) -> None:
           f"{round(trl_lens[-1] * a.prompts * a.G) if trl_lens else 'n/a'} (want {tokens})")
     print(json.dumps({
         "bench": "bench_trl", "prompts": a.prompts, "G": a.G, "tokens": a.tokens, "lora_r": a.lora_r, "beta": a.beta,
-        "repeats": a.repeats, "threads": a.threads, "torch": torch.__version__, "trl": trl.__version__,
+        "repeats": a.repeats, "threads": a.threads, "share_prompt": a.share_prompt, "torch": torch.__version__, "trl": trl.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_1min": round(os.getloadavg()[0], 2),
         "trl_s": s_trl, "ours_s": s_our, "ratio_step_median": statistics.median(ratios),
         "ratio_step_min": min(ratios), "ratio_step_max": max(ratios),
