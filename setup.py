@@ -1,4 +1,5 @@
-"""Install: `pip install -e '.[dev]'` (tests) or `pip install -e '.[gpu]'` (flash-attn on a CUDA machine).
+"""Install: `pip install -e '.[dev]'` (tests), `pip install -e '.[gpu]'` (flash-attn on a CUDA machine), or
+`pip install -e '.[dev,bench]'` (adds TRL, only for bench/bench_trl.py).
 
 The Makefile pins the CPU build of torch before this runs (`make test`, `make demo`); on a GPU machine
 install the CUDA torch you want first — the range below accepts it.
@@ -25,6 +26,8 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6", "triton>=3.0", "accelerate>=1.0"],
+        # bench/bench_trl.py only: TRL's GRPOTrainer timed beside our step. Nothing in the package or tests imports it.
+        "bench": ["trl==1.16.0", "datasets>=3.0"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "triton>=3.0", "scipy>=1.10"],
     },
 )

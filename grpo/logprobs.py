@@ -8,8 +8,18 @@ positions that predict completion tokens are gathered ((N, H), N = valid complet
   fused     — kernels.linear_logprobs(hidden, W)            memory O(N·H)
   selective — lm_head(hidden) then kernels.selective_logprobs   (N, V) logits, no (N, V) log-softmax
   reference — lm_head, fp32 log_softmax, gather            (N, V) logits + (N, V) fp32 — what TRL does
+
+Shared prompts. GRPO scores G completions of each prompt, so every prompt row appears G times. The prompt's
+activations do not depend on its completion (causal attention), so by default the decoder runs the prompt once per
+*distinct* prompt row, keeps its keys/values in a DynamicCache, copies that cache to the G rows (index_select: its
+backward sums the G gradients into the one prefix) and runs only the T completion positions on top. At the demo's
+shape (P = 139, T = 64, G = 8) that is 8·139 + 64·64 instead of 64·203 token positions through every linear layer:
+2.5× fewer. Same math, other summation order (fp32 rounding only). The plain path runs when no row repeats, under
+gradient checkpointing (HF drops the cache in training then) and with `share_prompt=False`.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -18,21 +28,69 @@ import kernels
 IMPLS = ("fused", "selective", "reference")
 
 
+def _distinct_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int):
+    """(first (U,) row index of each distinct prompt, inverse (S,) distinct index of each row) or None if none repeat.
+    A prompt row is its ids and its mask: the same text padded differently is a different prefix."""
+    rows = torch.cat([input_ids[:, :-T], attention_mask[:, :-T]], 1)              # (S, 2P)
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)                   # (S,) in [0, U)
+    U = int(inverse.max()) + 1                                                    # sync: the prefix batch size
+    if U == rows.shape[0]:
+        return None
+    first = torch.full((U,), rows.shape[0], dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(rows.shape[0], device=rows.device), "amin")  # (U,)
+    return first, inverse
+
+
+def _checkpointing(model) -> bool:
+    """Activation checkpointing on? (transformers ≥ 5.x renamed is_gradient_checkpointing; ask the new name first.)"""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
+
+
+def _cache_kw(decoder) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this version's decoder speaks."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def _hidden_shared_prompt(decoder, config, input_ids, attention_mask, position_ids, T: int, first, inverse):
+    """(S, T, H) hidden states that predict the T completion tokens, the prompt run once per distinct row."""
+    from transformers import DynamicCache
+    P = input_ids.shape[1] - T
+    cache = DynamicCache(config=config)
+    kw = _cache_kw(decoder)
+    prefix = decoder(input_ids=input_ids[first, :P], attention_mask=attention_mask[first, :P],
+                     position_ids=position_ids[first, :P], use_cache=True, **{kw: cache}).last_hidden_state  # (U, P, H)
+    cache.reorder_cache(inverse)                                  # (U, …) → (S, …) keys/values; backward sums copies
+    rest = decoder(input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1],
+                   position_ids=position_ids[:, P:-1], use_cache=True, **{kw: cache}).last_hidden_state  # (S, T-1, H)
+    # the last prompt position predicts completion token 0; completion positions 0..T-2 predict tokens 1..T-1
+    return torch.cat([prefix[inverse, -1:], rest], 1)                            # (S, T, H)
+
+
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                        *, temperature: float = 1.0, impl: str = "fused", with_entropy: bool = False):
+                        *, temperature: float = 1.0, impl: str = "fused", with_entropy: bool = False,
+                        share_prompt: bool = True):
     """log p(completion token) for every completion position.
 
     input_ids, attention_mask: (S, P+T) prompt (left-padded) + completion; completion_mask: (S, T).
     Returns logp (S, T) float32, 0 where completion_mask is 0; with_entropy also returns the mean entropy (0-dim,
-    detached) of the sampling distribution over valid tokens.
+    detached) of the sampling distribution over valid tokens. share_prompt: run each distinct prompt row once (see the
+    module docstring); False forces one forward over every (S, P+T) row.
     """
     if impl not in IMPLS:
         raise ValueError(f"logprob impl {impl!r} not in {IMPLS}")
     S, T = completion_mask.shape
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                 # (S, P+T) same as during rollout
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids, use_cache=False).last_hidden_state  # (S, P+T, H)
-    hidden = hidden[:, -T - 1:-1]                                                 # (S, T, H) predicts tokens P..P+T-1
+    decoder = model.get_decoder()
+    shared = None
+    if share_prompt and T >= 2 and input_ids.shape[1] > T and not _checkpointing(model):
+        shared = _distinct_prompts(input_ids, attention_mask, T)
+    if shared is not None:
+        hidden = _hidden_shared_prompt(decoder, model.config, input_ids, attention_mask, position_ids, T, *shared)
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False).last_hidden_state  # (S, P+T, H)
+        hidden = hidden[:, -T - 1:-1]                                             # (S, T, H) predicts tokens P..P+T-1
     valid = completion_mask.bool()                                                # (S, T)
     h = hidden[valid]                                                             # (N, H)
     targets = input_ids[:, -T:][valid]                                            # (N,)
@@ -51,7 +109,7 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     if with_entropy:
         out, entropy = out
         entropy = entropy.detach().mean() if entropy.numel() else torch.zeros((), device=h.device)
-    logp = torch.zeros(S, T, dtype=torch.float32, device=h.device)
+    logp = torch.zeros(S, T, dtype=out.dtype, device=h.device)                   # float32 (fp64 for an fp64 model)
     logp = logp.masked_scatter(valid, out)                                        # (S, T)
     return (logp, entropy) if with_entropy else logp
 

@@ -197,6 +197,8 @@ def _triton_bwd(hidden, weight, targets, m, logs, grad, temperature, need_dw):
 def _torch_fwd(hidden, weight, targets, temperature, with_entropy):
     N, V = hidden.shape[0], weight.shape[0]
     cdt = compute_dtype(hidden.dtype)
+    if V <= _CHUNK_VOCAB:
+        return _torch_fwd_one_chunk(hidden, weight, targets, temperature, with_entropy)
     m, s, t = lse_init(N, cdt, hidden.device)
     x_t = torch.zeros(N, dtype=cdt, device=hidden.device)
     for v0 in range(0, V, _CHUNK_VOCAB):                   # vocab outer: each weight chunk is converted once
@@ -208,6 +210,34 @@ def _torch_fwd(hidden, weight, targets, temperature, with_entropy):
             local = targets[sl] - v0                                                      # (rows,) column in chunk
             hit = (local >= 0) & (local < w.shape[0])
             x_t[sl] += torch.where(hit, x.gather(1, local.clamp(0, w.shape[0] - 1)[:, None]).squeeze(1), 0.0)
+    out = lse_finish(m, s, t, x_t, with_entropy)
+    logp = _common.empty(N, dtype=cdt, device=hidden.device)
+    logp.copy_(out[0])
+    return (logp,) + out[1:]
+
+
+def _torch_fwd_one_chunk(hidden, weight, targets, temperature, with_entropy):
+    """The whole vocabulary in one chunk (V ≤ _CHUNK_VOCAB: small models, the CPU demo): the same (m, s, t) sums as
+    lse_update with no running max to rescale, in place on the logits chunk — read (rows, V) four times (max, −m,
+    exp, sum) instead of about ten, and no −inf guards, since a finite matmul has no masked entries."""
+    N = hidden.shape[0]
+    cdt = compute_dtype(hidden.dtype)
+    w = weight.to(cdt)                                                                    # (V, H)
+    m, s = (torch.empty(N, dtype=cdt, device=hidden.device) for _ in range(2))
+    t = torch.empty(N, dtype=cdt, device=hidden.device) if with_entropy else None
+    x_t = torch.empty(N, dtype=cdt, device=hidden.device)
+    for r0 in range(0, N, _CHUNK_ROWS):
+        sl = slice(r0, r0 + _CHUNK_ROWS)
+        x = hidden[sl].to(cdt) @ w.t()                                                    # (rows, V)
+        if temperature != 1.0:
+            x.div_(temperature)
+        x_t[sl] = x.gather(1, targets[sl, None]).squeeze(1)
+        m[sl] = x.amax(-1)
+        d = x.sub_(m[sl, None])                                                           # (rows, V) x − m, in place
+        e = torch.exp(d)                                                                  # (rows, V)
+        s[sl] = e.sum(-1)
+        if with_entropy:
+            t[sl] = torch.linalg.vecdot(e, d)                                             # Σ e·(x − m)
     out = lse_finish(m, s, t, x_t, with_entropy)
     logp = _common.empty(N, dtype=cdt, device=hidden.device)
     logp.copy_(out[0])
@@ -226,8 +256,11 @@ def _torch_bwd(hidden, weight, targets, m, logs, grad, temperature, need_dw):
         for r0 in range(0, N, _CHUNK_ROWS):
             sl = slice(r0, r0 + _CHUNK_ROWS)
             h = hidden[sl].to(cdt)                                                        # (rows, H)
-            x = h @ w.t() / temperature                                                   # (rows, Vc)
-            dz = -torch.exp((x - m[sl, None]) - logs[sl, None])                           # −softmax
+            x = h @ w.t()                                                                 # (rows, Vc)
+            if temperature != 1.0:
+                x.div_(temperature)
+            # −softmax = −exp((x − m) − log s), in place on the logits chunk: no other (rows, Vc) buffer
+            dz = x.sub_(m[sl, None]).sub_(logs[sl, None]).exp_().neg_()
             local = targets[sl] - v0
             hit = (local >= 0) & (local < w.shape[0])
             dz.scatter_add_(1, local.clamp(0, w.shape[0] - 1)[:, None], hit[:, None].to(cdt))  # + onehot

@@ -190,8 +190,10 @@ def test_gradient_checkpointing_changes_memory_not_math(tmp_path):
     main(args + [f"--out={tmp_path / 'plain'}"])
     main(args + ["--grad_checkpointing", f"--out={tmp_path / 'ckpt'}"])
     a, b = _weights(checkpoint.latest(tmp_path / "plain")), _weights(checkpoint.latest(tmp_path / "ckpt"))
+    # checkpointing runs every row in full, the default runs each prompt once (grpo/logprobs.py): the same math in
+    # another fp32 summation order, which Adam amplifies as in the 2-process test above; hence its bound
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-5)
     assert [r["reward/mean"] for r in _metrics(tmp_path / "plain")] == [r["reward/mean"] for r in _metrics(tmp_path / "ckpt")]
 
 
