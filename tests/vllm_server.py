@@ -68,6 +68,7 @@ class LoopbackVLLM:
         self.adapters: dict[str, object] = {}
         self.attempts, self.served = Counter(), Counter()
         self._lock, self._gen_lock = threading.Lock(), threading.Lock()
+        self._conns = set()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
@@ -77,8 +78,14 @@ class LoopbackVLLM:
         return self
 
     def stop(self) -> None:
+        """Stop as a dying engine does: no new connections, and the open keep-alive ones closed too."""
         self._httpd.shutdown()
         self._httpd.server_close()
+        for conn in list(self._conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self):
         return self.start()
@@ -208,6 +215,14 @@ class LoopbackVLLM:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                server._conns.add(self.connection)
+
+            def finish(self):
+                server._conns.discard(self.connection)
+                super().finish()
 
             def _send(self, status: int, body, cut: bool = False):
                 is_text = isinstance(body, str)  # vLLM's LoRA routes answer plain text
