@@ -246,9 +246,7 @@ def test_served_training_equals_local_training_and_its_reward_rises(base, tmp_pa
 
 def test_torchrun_trains_against_the_loopback_server(base, tmp_path):
     """`grpo/train.py --rollout server --rollout_base_url ...` end to end (needs the lead's flag wiring)."""
-    from grpo.config import Config
-    if "rollout" not in Config.__dataclass_fields__:
-        pytest.skip("--rollout is not wired into grpo/config.py yet")
+    _wired()
     import json
     from grpo.train import main
     with LoopbackVLLM(*base) as server:
@@ -258,3 +256,74 @@ def test_torchrun_trains_against_the_loopback_server(base, tmp_path):
         assert server.served_by and server.served_by[-1] == "grpo-step2"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["rollout/logp_gap_max"] < 1e-4 for r in rows)
+
+
+def _wired():
+    from grpo.config import Config
+    if "rollout" not in Config.__dataclass_fields__:
+        pytest.skip("--rollout is not wired into grpo/config.py yet")
+
+
+SERVED = ["--prompts_per_step=2", "--num_generations=4", "--max_new_tokens=12", "--plot=false", "--lr=1e-3",
+          "--full_finetune=false", "--rollout=server"]
+
+
+def test_engine_failing_mid_run_stops_it_with_the_checkpoint_intact_and_resume_continues(base, tmp_path):
+    """After 2 steps (4 completion requests) the engine answers only 500s: the run stops with RolloutServerError,
+    its step-2 checkpoint is intact, and --resume auto against a healthy engine finishes the run."""
+    _wired()
+    import json
+    from grpo import checkpoint
+    from grpo.train import main
+    calls = [0]
+
+    def faults(route, key, attempt):
+        calls[0] += route == "/v1/completions"
+        return "500" if route == "/v1/completions" and calls[0] > 4 else None
+    args = SERVED + ["--steps=4", "--save_every=2", f"--out={tmp_path}", f"--rollout_model={base[0].name_or_path}"]
+    with LoopbackVLLM(*base, name=base[0].name_or_path, faults=faults) as server:
+        with pytest.raises(RolloutServerError, match=r"completions after \d+ retries.*--resume auto"):
+            main(args + [f"--rollout_base_url={server.url}"])
+    assert checkpoint.latest(tmp_path).name == "step-000002"
+    with LoopbackVLLM(*base, name=base[0].name_or_path) as server:
+        main(args + [f"--rollout_base_url={server.url}", "--resume=auto"])
+        # the resumed adapter is synced before the first rollout: it, not the base model, samples
+        assert server.served_by[0] == server.loads[0][0] != server.name
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-2:] == [3, 4] and checkpoint.latest(tmp_path).name == "step-000004"
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_engine(base, tmp_path):
+    """torchrun with 2 gloo processes against one engine: rank 0 alone syncs each adapter, both ranks sample with it,
+    and the run ends at the rewards of the 1-process served run (same global batch, same sampled tokens)."""
+    _wired()
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    rewards = {}
+    for n in (1, 2):
+        with LoopbackVLLM(*base) as server:
+            args = SERVED + ["--prompts_per_step=4", "--steps=2", "--save_every=2",
+                             f"--rollout_base_url={server.url}", f"--rollout_model={server.name}"]
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+                   f"--master_port={_free_port()}", str(root / "grpo" / "train.py"), *args, f"--out={tmp_path / str(n)}"]
+            done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert [name for name, _ in server.loads] == ["grpo-step0", "grpo-step1", "grpo-step2"]  # once each
+            assert server.served_by == ["grpo-step0"] * 4 + ["grpo-step1"] * 4
+        rows = [json.loads(line) for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()]
+        rewards[n] = [r["reward/mean"] for r in rows]
+    assert rewards[2] == pytest.approx(rewards[1], abs=1e-9)
+
+
+def _free_port() -> int:
+    """A free TCP port for torchrun's rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
