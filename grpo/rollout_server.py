@@ -122,7 +122,8 @@ class ServerEngine:
         self.url, self.model = urls[rank % len(urls)], model
         self.syncs = rank < len(urls)  # the first rank on each engine saves and loads; the others wait
         self.adapter_dir, self.keep_adapters = Path(adapter_dir).resolve(), max(1, keep_adapters)
-        self.timeout, self.max_retries, self.max_reasks, self.concurrency = timeout, max_retries, max_reasks, concurrency
+        self.timeout, self.max_retries = timeout, max_retries
+        self.max_reasks, self.concurrency = max_reasks, concurrency
         key = api_key or "EMPTY"  # vLLM's convention for a server without --api-key
         self._client_kw = dict(api_key=key, base_url=self.url, timeout=timeout, max_retries=max_retries)
         self._admin = openai.OpenAI(**{**self._client_kw, "timeout": 120.0})  # adapter load/unload calls
@@ -133,6 +134,17 @@ class ServerEngine:
 
     def __repr__(self) -> str:
         return f"ServerEngine(url={self.url!r}, model={self.model!r}, adapter={self.adapter!r})"
+
+    def check(self) -> list[str]:
+        """Before any model loads: the server answers and serves `model`. Returns the names it serves."""
+        try:
+            names = [m.id for m in self._admin.with_options(max_retries=1, timeout=10.0).models.list()]
+        except openai.APIError as e:
+            raise self._error("GET /models", e) from None
+        if self.model not in names:
+            raise RolloutServerError(f"rollout server {self.url} does not serve {self.model!r} (it serves {names}): "
+                                     "pass one of those as --rollout_model (vllm serve --served-model-name)")
+        return names
 
     # ---- the engine interface ----
     @torch.no_grad()
@@ -223,6 +235,8 @@ class ServerEngine:
         elif status == 404:
             hint = ("start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora, and let it read "
                     f"{self.adapter_dir} (same host or a shared filesystem)")
+        elif what == "GET /models":
+            hint = "is it up? Start it (docs/serving.md) or fix --rollout_base_url"
         elif status == 500 and "lora" in what:
             hint = "check the server log (is its --max-lora-rank >= --lora_r?)"
         else:

@@ -169,6 +169,12 @@ def test_user_errors_are_one_line_naming_the_fix(base, policy, tmp_path):
         engine.adapter = "grpo-step9"  # a name the server does not hold
         with pytest.raises(RolloutServerError, match="HTTP 404.*--rollout_model"):
             engine.generate(model, tok, PROMPTS[:1], **KW)
+    with LoopbackVLLM(*base) as server:
+        assert _engine(server, tmp_path).check() == ["tiny"]
+        with pytest.raises(RolloutServerError, match=r"does not serve 'Qwen/Qwen3-14B' \(it serves \['tiny'\]\)"):
+            ServerEngine(server.url, "Qwen/Qwen3-14B", adapter_dir=str(tmp_path), rank=0).check()
+    with pytest.raises(RolloutServerError, match=r"GET /models failed \(APIConnectionError.*--rollout_base_url"):
+        ServerEngine(server.url, "tiny", adapter_dir=str(tmp_path), rank=0).check()  # stopped above
     for bad, match in [(dict(base_url=""), "--rollout_base_url"), (dict(model=""), "--rollout_model")]:
         with pytest.raises(ValueError, match=match):
             ServerEngine(**{"base_url": "http://x/v1", "model": "m", **bad}, adapter_dir=str(tmp_path))
@@ -288,7 +294,7 @@ def test_engine_failing_mid_run_stops_it_with_the_checkpoint_intact_and_resume_c
     with LoopbackVLLM(*base, name=base[0].name_or_path) as server:
         main(args + [f"--rollout_base_url={server.url}", "--resume=auto"])
         # the resumed adapter is synced before the first rollout: it, not the base model, samples
-        assert server.served_by[0] == server.loads[0][0] != server.name
+        assert server.served_by[0] == server.loads[0][0] == "grpo-step2"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-2:] == [3, 4] and checkpoint.latest(tmp_path).name == "step-000004"
 
@@ -310,7 +316,8 @@ def test_two_ranks_share_one_engine(base, tmp_path):
             args = SERVED + ["--prompts_per_step=4", "--steps=2", "--save_every=2",
                              f"--rollout_base_url={server.url}", f"--rollout_model={server.name}"]
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
-                   f"--master_port={_free_port()}", str(root / "grpo" / "train.py"), *args, f"--out={tmp_path / str(n)}"]
+                   f"--master_port={_free_port()}", str(root / "grpo" / "train.py"), *args,
+                   f"--out={tmp_path / str(n)}"]
             done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                                   timeout=300)
             assert done.returncode == 0, done.stderr[-3000:]

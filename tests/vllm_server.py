@@ -192,7 +192,8 @@ class LoopbackVLLM:
             return _error(400, f"unknown fields {sorted(unknown)} (this loopback is strict)", "BadRequestError")
         prompt = body.get("prompt")
         flat = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], int) else None
-        nested = prompt if isinstance(prompt, list) and prompt and all(isinstance(p, list) and p for p in prompt) else None
+        nested = (prompt if isinstance(prompt, list) and prompt and all(isinstance(p, list) and p for p in prompt)
+                  else None)
         if flat is None and nested is None:
             return _error(400, "this loopback takes token-id prompts only (list[int] | list[list[int]])",
                           "BadRequestError", "prompt")
@@ -243,8 +244,8 @@ class LoopbackVLLM:
                     return self._send(404, {"detail": "Not Found"})
                 cards = [{"id": server.name, "object": "model", "created": 0, "owned_by": "vllm", "root": server.name,
                           "parent": None}]
-                cards += [{"id": n, "object": "model", "created": 0, "owned_by": "vllm", "root": p, "parent": server.name}
-                          for n, p in server.loads if n in server.adapters]
+                cards += [{"id": n, "object": "model", "created": 0, "owned_by": "vllm", "root": p,
+                           "parent": server.name} for n, p in server.loads if n in server.adapters]
                 self._send(200, {"object": "list", "data": cards})
 
             def do_POST(self):
