@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import shutil
 from pathlib import Path
 
@@ -104,7 +105,7 @@ class ServerEngine:
     """The engine interface over an OpenAI-compatible completions server with vLLM's runtime-LoRA endpoints.
 
     base_url: ".../v1" (several comma-separated: one per rank group); model: the served base model's name (its
-    --served-model-name); adapter_dir: where adapters are saved, readable by the server (same host or a shared
+    --served-model-name); api_key: the server's --api-key (default: VLLM_API_KEY, else none); adapter_dir: where adapters are saved, readable by the server (same host or a shared
     filesystem). timeout: seconds per generation request attempt (a G×max_tokens request takes long); max_retries:
     client retries; max_reasks: extra requests after a malformed reply; concurrency: requests in flight.
     """
@@ -124,9 +125,11 @@ class ServerEngine:
         self.adapter_dir, self.keep_adapters = Path(adapter_dir).resolve(), max(1, keep_adapters)
         self.timeout, self.max_retries = timeout, max_retries
         self.max_reasks, self.concurrency = max_reasks, concurrency
-        key = api_key or "EMPTY"  # vLLM's convention for a server without --api-key
-        self._client_kw = dict(api_key=key, base_url=self.url, timeout=timeout, max_retries=max_retries)
-        self._admin = openai.OpenAI(**{**self._client_kw, "timeout": 120.0})  # adapter load/unload calls
+        key = api_key or os.environ.get("VLLM_API_KEY") or "EMPTY"  # "EMPTY": vLLM's convention without --api-key
+        # the key is captured by this closure and the clients only: never in vars(engine), repr or the run config
+        self._new_client = lambda: openai.AsyncOpenAI(api_key=key, base_url=self.url, timeout=timeout,
+                                                      max_retries=max_retries)
+        self._admin = openai.OpenAI(api_key=key, base_url=self.url, timeout=120.0, max_retries=max_retries)
         self.adapter: str | None = None  # the served adapter every request names
         self.version = 0  # adapters synced so far
         self.stats = {"rollout/requests": 0, "rollout/reasks": 0}
@@ -245,7 +248,7 @@ class ServerEngine:
         return RolloutServerError(f"rollout server {self.url}: {what} failed ({detail}: {str(e)[:200]}): {hint}")
 
     async def _generate_all(self, jobs, body, G, vocab, max_tokens) -> list:
-        client, sem = openai.AsyncOpenAI(**self._client_kw), asyncio.Semaphore(self.concurrency)
+        client, sem = self._new_client(), asyncio.Semaphore(self.concurrency)
         try:
             return await asyncio.gather(*(self._one(client, sem, prompt, seed, body, G, vocab, max_tokens)
                                           for prompt, seed in jobs))

@@ -334,3 +334,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_api_key_stays_inside_the_clients(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "sk-secret-123")
+    engine = ServerEngine("http://127.0.0.1:9/v1", "m", adapter_dir=str(tmp_path), rank=0)
+    assert engine._admin.api_key == "sk-secret-123"
+    assert "sk-secret" not in repr(engine) and "sk-secret" not in repr({k: v for k, v in vars(engine).items()
+                                                                          if k != "_admin"})
