@@ -168,8 +168,7 @@ class ServerEngine:
         vocab = model.get_output_embeddings().weight.shape[0]
         body = dict(n=G, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, logprobs=0,
                     extra_body={"top_k": top_k if top_k > 0 else -1, "min_p": min_p, "stop_token_ids": stops,
-                                "return_tokens_as_token_ids": True, "return_token_ids": True,
-                                "skip_special_tokens": False})
+                                "return_tokens_as_token_ids": True, "return_token_ids": True})
         jobs = [(ids[b][pmask[b].bool()].tolist(), request_seed(seed, seq_offset + b * G)) for b in range(len(texts))]
         groups = asyncio.run(self._generate_all(jobs, body, G, vocab, max_new_tokens))
 

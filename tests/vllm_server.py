@@ -8,7 +8,8 @@ vllm/entrypoints/openai/models/serving.py, vllm/entrypoints/serve/lora/api_route
       off); min_p; seed (sample g of a request uses seed + g, vLLM's ParentRequest); logprobs (k ⇒ the sampled
       token's log-prob, clamped at -9999); return_tokens_as_token_ids (tokens as "token_id:<id>");
       return_token_ids (choice.token_ids, prompt_token_ids); stop_token_ids; skip_special_tokens. Choices are
-      numbered prompt-major (index = prompt·n + g); finish_reason "stop" (a stop token, kept in the ids) or "length".
+      numbered prompt-major (index = prompt·n + g); finish_reason "stop" (EOS, or a stop_token_ids token, which is
+      then the stop_reason; kept in the ids either way, vllm/v1/core/sched/utils.py check_stop) or "length".
   POST /v1/load_lora_adapter  {lora_name, lora_path, load_inplace?} → 200 text "Success: LoRA adapter '<n>' added
       successfully."; 400 if the name is loaded and not load_inplace; 404 when the adapter cannot be read.
   POST /v1/unload_lora_adapter  {lora_name, lora_int_id?} → 200 text; 404 "The lora adapter '<n>' cannot be found."
@@ -127,8 +128,10 @@ class LoopbackVLLM:
                     seqs.append(row[:cut])
                 logps = [self._logprobs(model, prompt, seq, temperature, top_k, top_p, min_p) for seq in seqs]
             for g, (seq, lp) in enumerate(zip(seqs, logps)):
-                stopped = seq[-1] in stops.tolist()
-                choices.append(self._choice(len(choices), prompt, seq, lp, "stop" if stopped else "length", body))
+                stopped = seq[-1] in stops.tolist()  # vLLM's check_stop: EOS first, then stop_token_ids, then length
+                reason = seq[-1] if stopped and seq[-1] != self.tokenizer.eos_token_id else None
+                choices.append(self._choice(len(choices), prompt, seq, lp, "stop" if stopped else "length", reason,
+                                            body))
                 n_gen += len(seq)
             n_prompt += len(prompt)
         return {"id": "cmpl-loopback", "object": "text_completion", "created": int(time.time()),
@@ -142,7 +145,7 @@ class LoopbackVLLM:
         logp = filter_logits(logits, temperature=temperature or 1.0, top_k=top_k, top_p=top_p, min_p=min_p)
         return logp.gather(-1, torch.tensor(seq)[:, None]).squeeze(-1).clamp(min=-9999.0).tolist()
 
-    def _choice(self, index, prompt, seq, lp, finish, body) -> dict:
+    def _choice(self, index, prompt, seq, lp, finish, stop_reason, body) -> dict:
         tok = self.tokenizer
         skip = body.get("skip_special_tokens", True)
         logprobs = None
@@ -154,7 +157,7 @@ class LoopbackVLLM:
                         "top_logprobs": [{name: v} for name, v in zip(names, lp)]}
         ids_back = body.get("return_token_ids")
         return {"index": index, "text": tok.decode(seq, skip_special_tokens=skip), "logprobs": logprobs,
-                "finish_reason": finish, "stop_reason": None, "prompt_logprobs": None,
+                "finish_reason": finish, "stop_reason": stop_reason, "prompt_logprobs": None,
                 "token_ids": seq if ids_back else None, "prompt_token_ids": prompt if ids_back else None}
 
     def load(self, body: dict) -> tuple[int, object]:
