@@ -15,9 +15,16 @@ Accumulating micro-batches (what the loop must do so that the step equals one bi
     micro-batch holds the same number of tokens (TRL's behaviour before its PR #6024; dapo is the exact fix).
 
 Signature of every entry: fn(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta,
-max_len=None, num_tokens=None) -> (loss, metrics). logp, old_logp, ref_logp, mask: (B*G, T); advantages: (B*G,).
-metrics are 0-dim detached tensors so the loop syncs once for all of them.
+max_len=None, num_tokens=None, token_weights=None) -> (loss, metrics). logp, old_logp, ref_logp, mask,
+token_weights: (B*G, T); advantages: (B*G,). metrics are 0-dim detached tensors so the loop syncs once for all.
+
+Off-policy correction for a served engine (--rollout server): its log-probs differ from ours (other kernels,
+bf16), so its samples come from a slightly different policy. `truncated_is_weights` gives the per-token truncated
+importance weight min(π_old/π_sampler, cap) (TIS; TRL's vllm_importance_sampling_correction, mode token_truncate),
+passed as `token_weights`: it multiplies the clipped surrogate only, not the KL term, as in TRL. `logp_gap` is the
+diagnostic to log every step.
 """
+import math
 from typing import Callable
 
 import torch
@@ -28,8 +35,10 @@ LOG_RATIO_CLAMP = 20.0
 
 
 def _per_token_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
-                    eps_low: float, eps_high: float, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """(B*G, T) per-token −min(ratio·A, clip(ratio, 1−ε_low, 1+ε_high)·A) + β·KL_k3, 0 at masked positions.
+                    eps_low: float, eps_high: float, beta: float,
+                    token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """(B*G, T) per-token −w·min(ratio·A, clip(ratio, 1−ε_low, 1+ε_high)·A) + β·KL_k3, 0 at masked positions;
+    w = token_weights (detached; 1 when None).
 
     old_logp and ref_logp at masked positions may be anything (±inf, NaN): the log-ratios are selected with
     torch.where *before* exp, so neither the forward nor the backward ever touches them. Multiplying by the
@@ -44,6 +53,9 @@ def _per_token_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv
     ratio = log_ratio.exp()  # (B*G, T)
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)  # (B*G, T)
     loss = -torch.minimum(ratio * adv, clipped * adv)  # (B*G, T)
+    if token_weights is not None:
+        # selected before the product for the same reason as above: a NaN weight at a pad would poison the backward
+        loss = loss * torch.where(valid, token_weights.detach().to(loss.dtype), 0.0)  # (B*G, T)
 
     metrics: dict[str, Tensor] = {}
     if beta > 0:  # at beta == 0 there is no reference forward at all, so ref_logp may be None
@@ -70,29 +82,29 @@ def _per_token_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
-              num_tokens=None):
+              num_tokens=None, token_weights=None):
     """GRPO (Shao et al. 2024, DeepSeekMath): mean over each sequence's valid tokens, then mean over the B*G
     sequences. Normaliser 1/(B*G·|o_i|) per token, as in the paper's 1/G Σ_i 1/|o_i| Σ_t. Why: each answer
     counts once, whatever its length; the cost is a length bias (a token of a short answer weighs more).
     A sequence with no valid tokens adds 0 but still counts in B*G, so equal-sized micro-batches average exactly.
     """
-    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta, token_weights)
     per_seq = tok.sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B*G,)
     return per_seq.mean(), metrics
 
 
 def bnpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
-              num_tokens=None):
+              num_tokens=None, token_weights=None):
     """BNPO (TRL's loss_type="bnpo"): Σ over valid tokens ÷ valid tokens of this micro-batch. Why: every token
     weighs the same within the micro-batch (no length bias); but the weight depends on the micro-batch's own
     token count, so accumulated micro-batches do not equal one big batch — use dapo for that.
     """
-    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta, token_weights)
     return tok.sum() / mask.sum().clamp(min=1), metrics
 
 
 def dr_grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
-                 num_tokens=None):
+                 num_tokens=None, token_weights=None):
     """Dr.GRPO (Liu et al. 2025, arXiv 2503.20783): Σ over valid tokens ÷ (B*G · max_len), max_len = T_max the
     constant generation budget (default: this batch's T). Why: a constant normaliser weighs every token the
     same regardless of its answer's length or its batch's token count; with a fixed max_len, equal-sized
@@ -102,21 +114,42 @@ def dr_grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_hig
     max_len = T if max_len is None else max_len
     if max_len < T:
         raise ValueError(f"max_len={max_len} is shorter than the completions (T={T}); pass the generation budget")
-    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta, token_weights)
     return tok.sum() / (tok.shape[0] * max_len), metrics
 
 
 def dapo_loss(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta, max_len=None,
-              num_tokens=None):
+              num_tokens=None, token_weights=None):
     """DAPO token-level loss (Yu et al. 2025, arXiv 2503.14476): Σ over valid tokens ÷ num_tokens, the valid
     tokens of the WHOLE optimizer step across micro-batches and ranks (default: this call's mask.sum()).
     Why: every token of the step weighs 1/num_tokens, so summing the micro-batch losses gives exactly the
     gradient of one big batch, however the tokens are spread over micro-batches and ranks.
     """
-    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta)
+    tok, metrics = _per_token_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta, token_weights)
     num_tokens = mask.sum() if num_tokens is None else num_tokens
     denom = torch.as_tensor(num_tokens, dtype=tok.dtype, device=tok.device).clamp(min=1)
     return tok.sum() / denom, metrics
+
+
+def truncated_is_weights(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """(B*G, T) min(exp(old_logp − sampler_logp), cap), 0 at masked positions: the truncated importance weight of
+    each sampled token, trainer policy over sampling engine (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"). Truncating from above only bounds the variance a few tokens the engine
+    found unlikely could add; the bias it leaves is toward the engine's distribution, which is what was sampled."""
+    if cap <= 0:
+        raise ValueError(f"importance-sampling cap must be > 0, got {cap}: pass e.g. --rollout_is_cap=3")
+    valid = mask.bool()  # (B*G, T)
+    log_w = torch.where(valid, old_logp.detach() - sampler_logp, 0.0).clamp(max=math.log(cap))  # (B*G, T)
+    return torch.where(valid, log_w.exp(), 0.0)
+
+
+def logp_gap(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """rollout/logp_gap_mean, rollout/logp_gap_max: |trainer − engine| log-prob of the sampled tokens over valid
+    tokens (0-dim, detached). ~1e-6 for the same fp32 model; bf16 engines sit around 1e-2 mean; a growing max
+    says the engine samples with other weights than the trainer's (stale adapter, wrong model)."""
+    valid = mask.bool()  # (B*G, T)
+    gap = torch.where(valid, (old_logp.detach() - sampler_logp).abs(), 0.0)  # (B*G, T)
+    return {"rollout/logp_gap_mean": gap.sum() / valid.sum().clamp(min=1), "rollout/logp_gap_max": gap.max()}
 
 
 LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {

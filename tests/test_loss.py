@@ -328,3 +328,38 @@ def test_bnpo_accumulates_exactly_when_micro_batches_hold_equal_tokens():
     _, full = grad("bnpo", [0, 4])  # two sequences of 8 tokens
     _, g = accumulate(grad, [[0], [4]], "bnpo", 1 / 2)  # micro-batches of 8 and 8 tokens
     torch.testing.assert_close(g, full, rtol=1e-12, atol=1e-14)
+
+
+def test_truncated_importance_weights_scale_the_surrogate_not_the_kl():
+    """A hand-computed case. Trainer = old policy (ratio 1), engine log-probs differ: w = min(π_old/π_engine, 3).
+    seq 0 (A=+1, 2 tokens): engine p .25, .5 vs ours .5, .25 → w 2, 0.5; its pad holds NaN (must not leak).
+    seq 1 (A=−2, 3 tokens): engine p .01 vs ours .1 → 10 capped to 3; then w 1, 1. ref differs at seq 1 token 0
+    (p .2 vs .1): KL_k3 = 2 − ln 2 − 1, added unweighted. bnpo = Σ / 5 tokens."""
+    from grpo.loss import logp_gap, truncated_is_weights
+    ln = math.log
+    logp = torch.tensor([[ln(.5), ln(.25), 0.0], [ln(.1), ln(.8), ln(.9)]], dtype=F64, requires_grad=True)
+    sampler = torch.tensor([[ln(.25), ln(.5), float("nan")], [ln(.01), ln(.8), ln(.9)]], dtype=F64)
+    ref = torch.tensor([[ln(.5), ln(.25), 0.0], [ln(.2), ln(.8), ln(.9)]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, -2.0], dtype=F64)
+    w = truncated_is_weights(logp, sampler, mask, cap=3.0)
+    torch.testing.assert_close(w, torch.tensor([[2.0, 0.5, 0.0], [3.0, 1.0, 1.0]], dtype=F64), rtol=1e-12, atol=0)
+    assert not w.requires_grad  # a weight, not a path for the gradient
+    kl = 1 - ln(2)
+    loss, m = LOSSES["bnpo"](logp, logp.detach(), ref, adv, mask, **CLIP, beta=0.1, token_weights=w)
+    # surrogate −w·A per token: −2, −0.5 | +6, +2, +2 → 7.5; + 0.1·KL
+    assert loss.item() == pytest.approx((7.5 + 0.1 * kl) / 5, rel=1e-12)
+    loss.backward()
+    # d/dlogp of −w·A·ratio at ratio 1 is −w·A; KL_k3' = −(e^r − 1) = −1 at seq 1 token 0
+    expect = torch.tensor([[-2.0, -0.5, 0.0], [6.0 - 0.1, 2.0, 2.0]], dtype=F64) / 5
+    torch.testing.assert_close(logp.grad, expect, rtol=1e-12, atol=1e-15)
+    gap = logp_gap(logp, sampler, mask)
+    assert gap["rollout/logp_gap_mean"].item() == pytest.approx((2 * ln(2) + ln(10)) / 5, rel=1e-12)
+    assert gap["rollout/logp_gap_max"].item() == pytest.approx(ln(10), rel=1e-12)
+    # every variant takes the keyword; weights of 1 change nothing
+    for name, fn in LOSSES.items():
+        plain, _ = fn(logp, logp.detach() + 0.1, ref, adv, mask, **CLIP, beta=0.1)
+        ones, _ = fn(logp, logp.detach() + 0.1, ref, adv, mask, **CLIP, beta=0.1, token_weights=torch.ones_like(ref))
+        assert ones.item() == plain.item(), name
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(logp, sampler, mask, cap=0)
