@@ -47,6 +47,10 @@ class Config:
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
     min_p: float = field(default=0.0, metadata={"help": "min-p sampling threshold relative to the top token (0 = off)"})
     rollout_batch: int = field(default=0, metadata={"help": "sequences decoded at once (0 = all); bounds the KV cache"})
+    rollout: str = field(default="local", metadata={"help": "local (static KV cache, in process) | eager (reference) | server (vLLM / SGLang over HTTP, docs/serving.md)"})
+    rollout_base_url: str = field(default="", metadata={"help": "--rollout server: the engine's OpenAI-compatible URL(s), comma list (.../v1)"})
+    rollout_model: str = field(default="", metadata={"help": "--rollout server: the served base model's name"})
+    rollout_is_cap: float = field(default=3.0, metadata={"help": "--rollout server: truncated importance-sampling cap, trainer/engine prob per token (0 = off)"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO: replace zero-variance groups with new prompts"})
     max_resample_rounds: int = field(default=3, metadata={"help": "dynamic sampling: extra rollout rounds per step, max"})
     # Reward
@@ -161,6 +165,18 @@ def validate(cfg: Config) -> None:
     import math
     import os
     from grpo.loss import LOSSES
+    from grpo.rollout import ENGINES
+    if cfg.rollout not in ENGINES:
+        raise ValueError(f"--rollout={cfg.rollout} unknown; choose one of {', '.join(sorted(ENGINES))}")
+    if cfg.rollout == "server":
+        from grpo.rollout_server import FULL_FT
+        if cfg.full_finetune:
+            raise ValueError(FULL_FT)
+        if not (cfg.rollout_base_url and cfg.rollout_model):
+            raise ValueError("--rollout server needs --rollout_base_url (e.g. http://127.0.0.1:8000/v1) and "
+                             "--rollout_model (the served model's name)")
+    if not (cfg.rollout_is_cap >= 0 and math.isfinite(cfg.rollout_is_cap)):
+        raise ValueError(f"--rollout_is_cap must be >= 0 (0 = off), got {cfg.rollout_is_cap}")
     for name in ("steps", "save_every", "prompts_per_step", "keep_last", "judge_concurrency"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")

@@ -197,7 +197,14 @@ def _static(**options) -> Engine:
     return StaticEngine(**options)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"eager": EagerEngine, "static": _static}
+def _server(**options) -> Engine:
+    from grpo.rollout_server import ServerEngine  # only a served run needs it
+    return ServerEngine(**options)
+
+
+# --rollout NAME. "local" is the in-process default (the static engine); "eager" is the reference it must equal
+ENGINES: dict[str, Callable[..., Engine]] = {"eager": EagerEngine, "static": _static, "local": _static,
+                                             "server": _server}
 
 
 def make_engine(name: str, **options) -> Engine:

@@ -39,11 +39,11 @@ from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
 import kernels
 from grpo.logprobs import check_kernels, completion_logprobs
-from grpo.loss import LOSSES
+from grpo.loss import LOSSES, logp_gap, truncated_is_weights
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
                         weights_dtype)
-from grpo.rollout import concat_groups, generate
+from grpo.rollout import concat_groups, make_engine
 from rewards import REWARDS
 from rewards.functions import rar_implicit
 from rewards.judge import grade_sync, make_judge, rate_sync
@@ -98,7 +98,11 @@ def main(argv: list) -> None:
         (out / "config.json").write_text(to_json(cfg))
         stale = checkpoint.remove_stale(out)  # step-N.tmp-PID/ of a save that was killed
 
-    # ---- data, model, judge ----
+    # ---- rollout engine (a served one is checked before any model loads), data, model, judge ----
+    engine = make_engine(cfg.rollout, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
+                                          "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
+    if hasattr(engine, "check"):
+        engine.check()
     samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
     # full fine-tuning: fp32 master weights (what AdamW steps) under bf16 autocast; LoRA: base in the compute dtype
     compute = compute_dtype(cfg.dtype, device)
@@ -159,6 +163,9 @@ def main(argv: list) -> None:
         with dist.root_unsharded(policy):  # FSDP2: the head weight gathered
             log.write(f"kernel self-check: {check_kernels(model.get_output_embeddings().weight)}")
 
+    if resume or cfg.init_adapter:
+        engine.after_update(model, start_step)  # a served engine must sample the adapter we continue, not the base
+
     @functools.lru_cache(maxsize=2)  # a step spans at most two epochs
     def epoch_order(epoch: int) -> list:
         return torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).tolist()
@@ -179,10 +186,10 @@ def main(argv: list) -> None:
         """Sample G completions per prompt, grade them, return (rollouts, rewards (B_r, G) NaN = unknown, extras)."""
         t0 = time.perf_counter()
         with dist.root_unsharded(policy, whole=whole), amp():
-            roll = generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
-                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
-                            max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
+            roll = engine.generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
+                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
+                                   max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         t1 = time.perf_counter()
         parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
         # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
@@ -265,9 +272,16 @@ def main(argv: list) -> None:
                     logp, entropy = policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
                                            impl=cfg.logprob_impl, with_entropy=True)
                     old = old_logp[c] if old_logp is not None else logp.detach()
+                    is_w = None
+                    if roll.sampler_logp is not None:  # a served engine sampled: correct for its other kernels
+                        m_gap = logp_gap(old, roll.sampler_logp[c], cmask[c])
+                        is_w = (truncated_is_weights(old, roll.sampler_logp[c], cmask[c], cfg.rollout_is_cap)
+                                if cfg.rollout_is_cap > 0 else None)
                     loss, m = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
                                       eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
-                                      max_len=cfg.max_new_tokens, num_tokens=num_tokens)
+                                      max_len=cfg.max_new_tokens, num_tokens=num_tokens, token_weights=is_w)
+                    if roll.sampler_logp is not None:
+                        m.update(m_gap)
                     # the others are means: weight micro-batches by size; dapo is already ÷ the global token count, so
                     # its micro-batches add up, and × world undoes DDP/FSDP's mean over ranks into the sum it needs
                     w = (c.stop - c.start) / S
@@ -281,6 +295,8 @@ def main(argv: list) -> None:
                     weight = w_tok if k in TOKEN_MEANS else 1.0 if k == "loss/tokens" else w
                     sums[k] = sums.get(k, 0.0) + v.detach() * weight
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
+            if applied:
+                engine.after_update(model, step)  # a served engine loads the adapter just trained
             skipped += not applied
             skips["skipped/bad_gradient"] += not applied
             reason = reason or (None if applied else "nonfinite" if not math.isfinite(grad_norm) else "zero_grad")
@@ -315,6 +331,7 @@ def main(argv: list) -> None:
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
             "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
+            **{k: float(v) for k, v in getattr(engine, "stats", {}).items()},  # a served engine's request counts
             "judge/step_errors": judge.stats().get("judge/errors", 0.0) - judge_errors,  # rank 0's failed requests
             **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
         })
@@ -337,7 +354,9 @@ def main(argv: list) -> None:
     dist.close()
 
 
-TOKEN_MEANS = {"entropy", "kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean"}  # loss metrics ÷ tokens
+# loss metrics that are means over tokens (the rest: over sequences); rollout/logp_gap_max is the mean of the
+# micro-batches' maxima, exact with one micro-batch
+TOKEN_MEANS = {"entropy", "kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "rollout/logp_gap_mean"}
 
 
 def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:
