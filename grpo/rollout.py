@@ -87,9 +87,9 @@ def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int, top_p
       top-k  keep x >= the k-th largest (ties with it are kept, as `scores < topk[..., -1]` removes only below)
       top-p  on the distribution renormalised after top-k: keep a token if the mass of tokens above it < top_p
       min-p  keep p >= min_p · p_max (Nguyen et al. 2024); the ratio ignores renormalisation, so order is moot
-    One departure: a group of tokens tied at the top-p cut is kept whole; HF keeps whichever members its (unstable)
-    sort lists first, which is not a function of the logits. Every filter is a threshold on the log-prob, which
-    is what lets kernels.sample_tokens find the kept set without sorting.
+    One departure: a group of tokens tied at the top-p cut is kept whole; HF keeps whichever members its sort
+    happens to list first (torch.sort promises no order among ties). Every filter is then a threshold on the
+    log-prob, which is what lets kernels.sample_tokens find the kept set without sorting.
     """
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)                  # (rows, V)
     if 0 < top_k < logp.shape[-1]:
