@@ -230,7 +230,7 @@ def test_token_step_traces_as_one_graph(tiny):
 def test_registry():
     assert {"eager", "static"} <= set(ENGINES)
     assert make_engine("static", sync_every=3).name == "static" and make_engine("eager").name == "eager"
-    with pytest.raises(ValueError, match="unknown rollout engine 'vllm'; choose one of eager, static"):
+    with pytest.raises(ValueError, match="unknown rollout engine 'vllm'; choose one of eager, local, server, static"):
         make_engine("vllm")
     with pytest.raises(ValueError, match="lora must be"):
         read_weights(torch.nn.Module(), lora="fused")
