@@ -99,7 +99,10 @@ def main(argv: list) -> None:
         stale = checkpoint.remove_stale(out)  # step-N.tmp-PID/ of a save that was killed
 
     # ---- rollout engine (a served one is checked before any model loads), data, model, judge ----
-    engine = make_engine(cfg.rollout, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
+    name = cfg.rollout
+    if name == "local" and weights_dtype(compute_dtype(cfg.dtype, device), cfg.full_finetune) != compute_dtype(cfg.dtype, device):
+        name = "eager"  # fp32 masters under bf16 autocast: the static engine does not run under autocast yet
+    engine = make_engine(name, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
                                           "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
     if hasattr(engine, "check"):
         engine.check()
@@ -163,8 +166,7 @@ def main(argv: list) -> None:
         with dist.root_unsharded(policy):  # FSDP2: the head weight gathered
             log.write(f"kernel self-check: {check_kernels(model.get_output_embeddings().weight)}")
 
-    if resume or cfg.init_adapter:
-        engine.after_update(model, start_step)  # a served engine must sample the adapter we continue, not the base
+    engine.after_update(model, start_step)  # a served engine samples the adapter we start from (resume, SFT), not the base
 
     @functools.lru_cache(maxsize=2)  # a step spans at most two epochs
     def epoch_order(epoch: int) -> list:
@@ -295,11 +297,10 @@ def main(argv: list) -> None:
                     weight = w_tok if k in TOKEN_MEANS else 1.0 if k == "loss/tokens" else w
                     sums[k] = sums.get(k, 0.0) + v.detach() * weight
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
-            if applied:
-                engine.after_update(model, step)  # a served engine loads the adapter just trained
             skipped += not applied
             skips["skipped/bad_gradient"] += not applied
             reason = reason or (None if applied else "nonfinite" if not math.isfinite(grad_norm) else "zero_grad")
+        engine.after_update(model, step)  # a served engine loads this step's adapter before the next rollout
         if no_signal:
             skipped += cfg.num_iterations
             skips["skipped/no_signal"] += 1

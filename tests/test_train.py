@@ -268,16 +268,22 @@ def test_time_rollout_counts_every_dynamic_sampling_round_and_bf16_keeps_fp32_we
     rounds: time/rollout covers every round's sampling (timed here independently around generate). The run is
     --dtype bf16 full fine-tuning: the checkpointed weights are the fp32 masters."""
     import grpo.train as train
-    durations, tokens, real_generate = [], [], train.generate
+    durations, tokens, real_make_engine = [], [], train.make_engine
 
-    def timed_generate(*a, **k):
-        import time
-        t0 = time.perf_counter()
-        out = real_generate(*a, **k)
-        durations.append(time.perf_counter() - t0)
-        tokens.append(out.completion_mask.sum().item())
-        return out
-    monkeypatch.setattr(train, "generate", timed_generate)
+    def timed_make_engine(*a, **k):  # the loop's engine, with its generate timed from outside
+        engine = real_make_engine(*a, **k)
+        real_generate = engine.generate
+
+        def timed_generate(*a, **k):
+            import time
+            t0 = time.perf_counter()
+            out = real_generate(*a, **k)
+            durations.append(time.perf_counter() - t0)
+            tokens.append(out.completion_mask.sum().item())
+            return out
+        engine.generate = timed_generate
+        return engine
+    monkeypatch.setattr(train, "make_engine", timed_make_engine)
     monkeypatch.setattr(train, "grade_sync", lambda judge, items: [[False] * len(rub.criteria) for _, _, rub in items])
     main(SMALL + ["--steps=1", "--dynamic_sampling", "--max_resample_rounds=2", "--dtype=bf16", "--full_finetune",
                   f"--out={tmp_path}"])
