@@ -9,7 +9,7 @@ What is identical on both sides
   prompts    the first --prompts of the bundled demo (data.bundled_demo_path()), system prompt + question through the
              same chat template; the same 8 every step (TRL: shuffle_dataset=False, an 8-row dataset)
   tokens     exactly --tokens new tokens per sample on both: TRL generates with min_new_tokens = max_new_tokens (EOS
-             suppressed until the cap), ours decodes with an empty stop set (grpo.rollout.sample_tokens(eos=[]), as
+             suppressed until the cap), ours decodes with an empty stop set (the --rollout engine's sample_tokens(eos=[]), as
              bench/throughput.py does), so every completion is full length on both and the token counts are equal
   sampling   temperature 1, no top-k / top-p / min-p
   LoRA       r 8, alpha 16, dropout 0, "all-linear" (q,k,v,o,gate,up,down; peft excludes the tied lm_head)
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -54,7 +53,7 @@ from grpo.advantages import group_advantages  # noqa: E402
 from grpo.logprobs import completion_logprobs  # noqa: E402
 from grpo.loss import LOSSES  # noqa: E402
 from grpo.model import Reference, add_lora, build_tiny, load_model  # noqa: E402
-from grpo.rollout import completion_masks, sample_tokens  # noqa: E402
+from grpo.rollout import completion_masks, make_engine  # noqa: E402
 
 PHASES = ("rollout", "reward", "train", "step")
 
@@ -71,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured step pairs first")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
     ap.add_argument("--logprob-impl", default="fused", help="grpo.logprobs impl for our step")
+    ap.add_argument("--rollout", default="static", choices=["static", "eager"],
+                    help="our decode engine (grpo/rollout.py ENGINES): static = the trainer's default, eager = reference")
     ap.add_argument("--share-prompt", default="on", choices=["on", "off"],
                     help="our log-probs run each distinct prompt once (grpo.logprobs default) or every row in full")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
@@ -101,19 +102,20 @@ class Ours:
         self.optimizer = torch.optim.AdamW(self.params, lr=a.lr, weight_decay=0.0)
         texts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
         self.texts = texts
+        self.sample_tokens = make_engine(a.rollout).sample_tokens  # (S, P) → (S, T), the engine the trainer uses
 
     def step(self, step: int) -> dict:
         """One GRPO step; returns seconds per phase. Kept in one function so the shared step function can replace it."""
         a, tok = self.a, self.tok
         B, G, T = a.prompts, a.G, a.tokens
         t0 = time.perf_counter()
-        # ---- rollout: what grpo.rollout.generate does, with an empty stop set so every sample has T tokens ----
+        # ---- rollout: what the engine's generate does, with an empty stop set so every sample has T tokens ----
         enc = tok(self.texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         prompt_ids = enc["input_ids"].repeat_interleave(G, 0)                          # (B*G, P)
         prompt_mask = enc["attention_mask"].repeat_interleave(G, 0)                    # (B*G, P)
         no_eos = torch.tensor([], dtype=torch.long)
-        completion = sample_tokens(self.model, prompt_ids, prompt_mask, eos=no_eos, pad=tok.pad_token_id,
-                                   max_new_tokens=T, temperature=1.0, seed=step, seq_offset=0)  # (B*G, T)
+        completion = self.sample_tokens(self.model, prompt_ids, prompt_mask, eos=no_eos, pad=tok.pad_token_id,
+                                        max_new_tokens=T, temperature=1.0, seed=step, seq_offset=0)  # (B*G, T)
         cmask, _ = completion_masks(completion, no_eos)                                # (B*G, T) all ones
         texts = tok.batch_decode(completion.tolist(), skip_special_tokens=True)        # sync: ids to host
         t1 = time.perf_counter()

@@ -177,12 +177,11 @@ _NORMAL_BEFORE = re.compile(r"\b(?:normal|unremarkable)\s+(?:\w+\s+)?(?:(?:blood
 _NORMAL_AFTER = re.compile(r"^\s*(?:is|was|are|were|remains?|has|have|came back)?\s*(?:always\s+|completely\s+|"
                            r"been\s+)*(?:normal|fine|ok|okay|unremarkable|within normal limits|stable)\b", _I)
 # Background: "history of ...", and a vignette's comorbidity list "N-year-old <who> with ... <presents>".
+_PRESENTS = r"presents?|presented|comes?|came|is brought|was brought|develops?|developed"  # where the vignette turns
 _HISTORY = re.compile(r"\b(?:history of|h/o|pmh|past medical history|known case of|antecedentes de|antécédents? d)"
-                      r"[^.;!?\n]{0,120}?(?=$|[.;!?\n]|\b(?:presents?|presented|comes?|came|is brought|was brought|"
-                      r"develops?|developed|who)\b)", _I)
+                      r"[^.;!?\n]{0,120}?(?=$|[.;!?\n]|\b(?:" + _PRESENTS + r"|who)\b)", _I)
 _VIGNETTE = re.compile(r"\b\d+[- ](?:year|month|week|day)s?[- ]old\b[^.;!?\n]{0,40}?\bwith\b[^.;!?\n]{0,120}?"
-                       r"(?=$|[.;!?\n]|\b(?:presents?|presented|comes?|came|is brought|was brought|develops?|developed|"
-                       r"falls?|fell|undergoes|is admitted|is seen|who)\b)", _I)
+                       r"(?=$|[.;!?\n]|\b(?:" + _PRESENTS + r"|falls?|fell|undergoes|is admitted|is seen|who)\b)", _I)
 _TRANSLATE = re.compile(r"\b(?:translate|translation|tradu[zc]\w*|tradui\w*|übersetz\w*)\b", _I)
 # Chest pain from the lungs, ribs or trauma, and the angina pattern that makes chest symptoms cardiac.
 _CHEST_OTHER = re.compile(r"\b(?:cough\w*|fever\w*|pleuritic|sputum|phlegm|hemoptysis|haemoptysis|pneumonia|rib|ribs|"

@@ -140,10 +140,19 @@ class Engine(Protocol):
 
     def after_update(self, model, step: int) -> None: ...  # weight-sync hook; a no-op for in-process engines
 
+    def check(self) -> None: ...  # reachable and ready, before any model loads; a no-op for in-process engines
+
 
 class LocalEngine:
     """An in-process engine: tokenise, chunk by rollout_batch, decode each chunk with `sample_tokens`, assemble."""
     name = "local"
+
+    @property
+    def stats(self) -> dict:
+        return {}  # per-run counters the loop logs (a served engine counts its requests); none in process
+
+    def check(self) -> None:
+        pass  # nothing to reach: the model is in this process
 
     def sample_tokens(self, model, prompt_ids, prompt_mask, **kw) -> torch.Tensor:  # (S, P) → (S, T)
         raise NotImplementedError

@@ -99,18 +99,15 @@ def main(argv: list) -> None:
         stale = checkpoint.remove_stale(out)  # step-N.tmp-PID/ of a save that was killed
 
     # ---- rollout engine (a served one is checked before any model loads), data, model, judge ----
-    name = cfg.rollout
-    if name == "local" and weights_dtype(compute_dtype(cfg.dtype, device), cfg.full_finetune) != compute_dtype(cfg.dtype, device):
-        name = "eager"  # fp32 masters under bf16 autocast: the static engine does not run under autocast yet
-    engine = make_engine(name, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
-                                          "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
-    if hasattr(engine, "check"):
-        engine.check()
-    samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
     # full fine-tuning: fp32 master weights (what AdamW steps) under bf16 autocast; LoRA: base in the compute dtype
     compute = compute_dtype(cfg.dtype, device)
     wdtype = weights_dtype(compute, cfg.full_finetune)
     amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
+    name = "eager" if cfg.rollout == "local" and wdtype != compute else cfg.rollout  # static engine: no autocast yet
+    engine = make_engine(name, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
+                                   "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
+    engine.check()
+    samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)
     if cfg.init_adapter and cfg.full_finetune:  # train every weight of the SFT model; its frozen copy is the reference
         model = merge_adapter(model, cfg.init_adapter)
@@ -274,16 +271,15 @@ def main(argv: list) -> None:
                     logp, entropy = policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
                                            impl=cfg.logprob_impl, with_entropy=True)
                     old = old_logp[c] if old_logp is not None else logp.detach()
-                    is_w = None
+                    is_w, gap = None, {}
                     if roll.sampler_logp is not None:  # a served engine sampled: correct for its other kernels
-                        m_gap = logp_gap(old, roll.sampler_logp[c], cmask[c])
-                        is_w = (truncated_is_weights(old, roll.sampler_logp[c], cmask[c], cfg.rollout_is_cap)
-                                if cfg.rollout_is_cap > 0 else None)
+                        gap = logp_gap(old, roll.sampler_logp[c], cmask[c])
+                        if cfg.rollout_is_cap > 0:
+                            is_w = truncated_is_weights(old, roll.sampler_logp[c], cmask[c], cfg.rollout_is_cap)
                     loss, m = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
                                       eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
                                       max_len=cfg.max_new_tokens, num_tokens=num_tokens, token_weights=is_w)
-                    if roll.sampler_logp is not None:
-                        m.update(m_gap)
+                    m.update(gap)
                     # the others are means: weight micro-batches by size; dapo is already ÷ the global token count, so
                     # its micro-batches add up, and × world undoes DDP/FSDP's mean over ranks into the sum it needs
                     w = (c.stop - c.start) / S
@@ -332,7 +328,7 @@ def main(argv: list) -> None:
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
             "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
-            **{k: float(v) for k, v in getattr(engine, "stats", {}).items()},  # a served engine's request counts
+            **{k: float(v) for k, v in engine.stats.items()},  # a served engine's request counts
             "judge/step_errors": judge.stats().get("judge/errors", 0.0) - judge_errors,  # rank 0's failed requests
             **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
         })

@@ -73,7 +73,31 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default listen backlog (5) drops connects when 64 clients open at once
 
 
-class LoopbackJudgeServer:
+class LoopbackHTTP:
+    """A threaded HTTP server on a free loopback port in a daemon thread, `url` = its /v1 base; `with` starts and
+    stops it. The loopback judge here and tests/vllm_server.py's engine are both one."""
+
+    def _listen(self, handler) -> None:
+        self._httpd = _Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class LoopbackJudgeServer(LoopbackHTTP):
     """ThreadingHTTPServer on 127.0.0.1 (a free port); `url` is the base_url to hand the openai client.
 
     Records: `attempts[key]` requests per logical request, `answered[key]` correct answers sent, `faults` served,
@@ -92,23 +116,7 @@ class LoopbackJudgeServer:
         self.completions, self.auth, self.models = [], set(), set()
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def start(self) -> "LoopbackJudgeServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+        self._listen(self._handler())
 
     def _handler(self):
         server = self

@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler
 import torch
 
 from grpo.rollout import filter_logits, sample_tokens
-from rewards.testing_server import _Server
+from rewards.testing_server import LoopbackHTTP
 
 FIELDS = {  # vLLM CompletionRequest fields this server implements or accepts
     "model", "prompt", "n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "logprobs",
@@ -53,7 +53,7 @@ FIELDS = {  # vLLM CompletionRequest fields this server implements or accepts
 MASK32 = 0xFFFFFFFF
 
 
-class LoopbackVLLM:
+class LoopbackVLLM(LoopbackHTTP):
     """ThreadingHTTPServer on 127.0.0.1; `url` is the base_url ('.../v1'). model, tokenizer: the base (fp32).
 
     Records: `requests` (completion bodies, in arrival order), `served_by` (the model name each completion
@@ -70,29 +70,16 @@ class LoopbackVLLM:
         self.attempts, self.served = Counter(), Counter()
         self._lock, self._gen_lock = threading.Lock(), threading.Lock()
         self._conns = set()
-        self._httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def start(self) -> "LoopbackVLLM":
-        self._thread.start()
-        return self
+        self._listen(self._handler())
 
     def stop(self) -> None:
         """Stop as a dying engine does: no new connections, and the open keep-alive ones closed too."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().stop()
         for conn in list(self._conns):
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     # ---- the engine ----
     def _model(self, name):
