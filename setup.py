@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="A small, fast GRPO trainer for LLMs with rubric-graded, variance-aware rewards",
     python_requires=">=3.10",
-    packages=["grpo", "kernels", "rewards", "data"],
+    packages=["grpo", "grpo.kernels", "rewards", "data"],
     package_data={"data": ["samples/*.jsonl", "samples/*.md"]},
     install_requires=[
         "torch>=2.4,<2.15",

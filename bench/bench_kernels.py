@@ -25,10 +25,10 @@ import time
 
 import torch
 
-import kernels
+from grpo import kernels
 
-lin = importlib.import_module("kernels.linear_logprobs")
-sel = importlib.import_module("kernels.logprobs")
+lin = importlib.import_module("grpo.kernels.linear_logprobs")
+sel = importlib.import_module("grpo.kernels.selective_logprobs")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -1,4 +1,4 @@
-"""Per-token log-probs of completion tokens under a policy, through kernels/.
+"""Per-token log-probs of completion tokens under a policy, through grpo/kernels/.
 
     python -m pytest tests/test_logprobs.py
 
@@ -23,7 +23,7 @@ import inspect
 
 import torch
 
-import kernels
+from grpo import kernels
 
 IMPLS = ("fused", "selective", "reference")
 

@@ -7,7 +7,7 @@
 
 One step: B prompts → G samples each (grpo/rollout.py) → the judge grades every rubric criterion (rewards/judge.py)
 → a rubric reward per sample (rewards/functions.py) → group-relative advantages (grpo/advantages.py) → log-probs of
-completion tokens only (grpo/logprobs.py → kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW.
+completion tokens only (grpo/logprobs.py → grpo/kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW.
 
 How this departs from the GRPO paper, frankly: the reference policy is the model with the LoRA adapter switched off
 (no second copy; after an SFT warm start it is the SFT model, through a frozen copy of the SFT adapter that GRPO
@@ -37,7 +37,7 @@ from data.format import parse, to_messages
 from grpo import checkpoint, dist
 from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
-import kernels
+from grpo import kernels
 from grpo.logprobs import check_kernels, completion_logprobs
 from grpo.loss import LOSSES, logp_gap, truncated_is_weights
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import torch
 
-import kernels
+from grpo import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.HAS_TRITON or kernels.INTERPRET,
                                 reason="needs triton, and compiled (not interpreted) kernel objects")
@@ -25,9 +25,9 @@ if kernels.HAS_TRITON and not kernels.INTERPRET:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-lin = importlib.import_module("kernels.linear_logprobs")
-sel = importlib.import_module("kernels.logprobs")
-smp = importlib.import_module("kernels.sampling")
+lin = importlib.import_module("grpo.kernels.linear_logprobs")
+sel = importlib.import_module("grpo.kernels.selective_logprobs")
+smp = importlib.import_module("grpo.kernels.sampling")
 
 TL_DTYPE = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 # Qwen3-14B head shapes at 16k completion tokens: the values the JIT would see for the integer arguments.

@@ -17,11 +17,11 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import _common
+from grpo import kernels
+from grpo.kernels import _common
 from test_kernels_logprobs import DEVICE, IMPLS, TRITON_HERE, check_logp, run_interpreted
 
-lin = importlib.import_module("kernels.linear_logprobs")  # `kernels.linear_logprobs` is the function
+lin = importlib.import_module("grpo.kernels.linear_logprobs")  # `kernels.linear_logprobs` is the function
 # Gradients are sums over V (dhidden) or N (dW) terms of either sign, so each entry's error is judged against the
 # sum of the terms' magnitudes, mag = |dz| @ |W| (resp. |dz|ᵀ @ |hidden|), computed in fp64. fp32: a K-long fp32
 # matmul sum (K = 151,936 here) alone reaches ~2e-5·mag; bf16: dz and the result are rounded to bf16 (2^-8 each,

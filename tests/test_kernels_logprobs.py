@@ -4,13 +4,14 @@
 
 The torch path runs in this process. The Triton path runs in this process on a CUDA machine; on a CPU,
 test_triton_cases_in_interpreter reruns this file's `triton` cases in a subprocess with TRITON_INTERPRET=1 —
-triton reads that variable when the kernels are decorated (at `import kernels`), so it cannot be switched on
+triton reads that variable when the kernels are decorated (at `import grpo.kernels`), so it cannot be switched on
 inside a pytest process that has already imported them.
 
 Tolerances: log-probs feed the PPO ratio exp(logp − old_logp), so each token must satisfy
 |exp(logp − logp_fp64) − 1| ≤ 2e-3 for bf16 inputs and ≤ 1e-5 for fp32 (plus fp32's own rounding of the
 output value, 2^-22·|logp|, which matters only at logits ≈ 1e4). Every output buffer is NaN-poisoned first.
 """
+import importlib
 import math
 import os
 import subprocess
@@ -19,8 +20,9 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import _common, logprobs
+from grpo import kernels
+from grpo.kernels import _common
+logprobs = importlib.import_module("grpo.kernels.selective_logprobs")  # the module; `kernels.selective_logprobs` is the function
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_HERE = kernels.HAS_TRITON and (DEVICE == "cuda" or kernels.INTERPRET)

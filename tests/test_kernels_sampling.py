@@ -11,9 +11,9 @@ and the torch path uses tiny chunks, so forgotten rows and chunk seams show.
 import pytest
 import torch
 
-import kernels
+from grpo import kernels
 from grpo import rollout
-from kernels import _common, sampling
+from grpo.kernels import _common, sampling
 from test_kernels_logprobs import DEVICE, IMPLS, TRITON_HERE, run_interpreted
 
 FILTERS = {"none": dict(top_k=0, top_p=1.0, min_p=0.0), "top_k": dict(top_k=20, top_p=1.0, min_p=0.0),

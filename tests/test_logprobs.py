@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+from grpo import kernels
 from grpo.logprobs import IMPLS, check_kernels, completion_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ def pick_impl(impl: str, x: torch.Tensor) -> str:
     if impl == "triton" and not triton_ok:
         raise RuntimeError(f"impl='triton' needs the triton package (pip install -e '.[dev]'), a dtype in "
                            f"{TRITON_DTYPES} (got {x.dtype}) and a CUDA tensor, or TRITON_INTERPRET=1 set before "
-                           f"`import kernels` for CPU tensors")
+                           f"`import grpo.kernels` for CPU tensors")
     return impl
 
 

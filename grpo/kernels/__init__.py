@@ -12,7 +12,7 @@ All run Triton on CUDA tensors (or on CPU under TRITON_INTERPRET=1) and a chunke
 """
 from ._common import HAS_TRITON, INTERPRET
 from .linear_logprobs import linear_logprobs
-from .logprobs import selective_logprobs
+from .selective_logprobs import selective_logprobs
 from .sampling import sample_tokens
 
 __all__ = ["selective_logprobs", "linear_logprobs", "sample_tokens", "HAS_TRITON", "INTERPRET"]

@@ -23,7 +23,7 @@ import torch
 
 from . import _common
 from ._common import HAS_TRITON, compute_dtype, lse_finish, lse_init, lse_update, pick_impl
-from .logprobs import _reference as _selective_reference
+from .selective_logprobs import _reference as _selective_reference
 
 if HAS_TRITON:
     import triton
