@@ -195,9 +195,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class KVCache:
     """K and V of every layer for S rows of up to T_max tokens, preallocated: (L, S, T_max, H_kv, D) each."""
 
-    def __init__(self, w: Weights, rows: int, t_max: int):
+    def __init__(self, w: Weights, rows: int, t_max: int, dtype: torch.dtype | None = None):
         shape = (len(w.layers), rows, t_max, w.n_kv, w.head_dim)
-        self.k = torch.zeros(shape, dtype=w.embed.dtype, device=w.embed.device)
+        self.k = torch.zeros(shape, dtype=dtype or w.embed.dtype, device=w.embed.device)
         self.v = torch.zeros_like(self.k)
         self.t_max = t_max
 
@@ -207,6 +207,13 @@ class KVCache:
 
 
 @torch.no_grad()
+def compute_dtype(w: Weights) -> torch.dtype:
+    """The dtype the matmuls run in: autocast's when it is on for the weights' device (fp32 masters under bf16
+    autocast in full fine-tuning), else the weights' own. The KV cache is kept in it."""
+    dev = w.embed.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.embed.dtype
+
+
 def prefill(w: Weights, cache: KVCache, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """ids, mask (S, P) left-padded → last-position logits (S, V); writes the prompt's K/V compacted into the cache."""
     S, P = ids.shape
@@ -255,8 +262,10 @@ def decode_step(w: Weights, cache: KVCache, tok: torch.Tensor, lens: torch.Tenso
         q = _rotate(ly.q_norm(ly.q(x).view(S, w.n_q, w.head_dim)), cos, sin)          # (S, Hq, D)
         k = _rotate(ly.k_norm(ly.k(x).view(S, w.n_kv, w.head_dim)), cos, sin)         # (S, Hkv, D)
         v = ly.v(x).view(S, w.n_kv, w.head_dim)
-        cache.k[i].index_put_((rows, lens), k)                                 # in place: slot lens[r] of row r
-        cache.v[i].index_put_((rows, lens), v)
+        # in place: slot lens[r] of row r. Under autocast k is fp32 (q/k-norm multiply by fp32 weights) and v bf16;
+        # the cache holds the compute dtype, the dtype SDPA casts both to anyway, so the cast here loses nothing
+        cache.k[i].index_put_((rows, lens), k.to(cache.k.dtype))
+        cache.v[i].index_put_((rows, lens), v.to(cache.v.dtype))
         kk = cache.k[i, :, :kv_len].transpose(1, 2)                            # (S, Hkv, kv_len, D) a view, no copy
         vv = cache.v[i, :, :kv_len].transpose(1, 2)
         # GQA without repeating K/V: the rep query heads sharing KV head g are rep "queries" of that head
@@ -282,12 +291,12 @@ class Decoder:
     as a CUDA graph and replayed; `run()` drives it."""
 
     def __init__(self, w: Weights, rows: int, prompt_len: int, max_new_tokens: int, *, eos: torch.Tensor, pad: int,
-                 sampling: Sampling, attn_bucket: int = 256):
+                 sampling: Sampling, attn_bucket: int = 256, cache_dtype: torch.dtype | None = None):
         dev = w.embed.device
         self.w, self.sampling, self.pad, self.bucket = w, sampling, pad, max(1, attn_bucket)
         self.eos = eos.to(dev)
         need = prompt_len + max_new_tokens - 1                                  # last step writes slot P+T-2 at most
-        self.cache = KVCache(w, rows, -(-need // self.bucket) * self.bucket)
+        self.cache = KVCache(w, rows, -(-need // self.bucket) * self.bucket, cache_dtype)
         self.max_new_tokens = max_new_tokens
         long = dict(dtype=torch.long, device=dev)
         self.tok = torch.zeros(rows, **long)                                   # (S,) the token fed to the next step
@@ -419,12 +428,14 @@ class StaticEngine(LocalEngine):
         sampling = Sampling(temperature, top_p, top_k, min_p)
         S, P = prompt_ids.shape
         # decoders (and their graphs) are kept per shape: the same rollout shape next step reuses the buffers
+        cdtype, dev = compute_dtype(w), w.embed.device.type
         key = (S, -(-(P + max_new_tokens - 1) // self.attn_bucket), max_new_tokens, pad, tuple(eos.tolist()),
-               tuple(vars(sampling).values()), w.embed.dtype, str(w.embed.device))
+               tuple(vars(sampling).values()), w.embed.dtype, cdtype, str(w.embed.device))
         dec = self._decoders.get(key)
         if dec is None:
             self._decoders = {}  # one live decoder: bound memory, a new shape frees the old cache first
-            dec = Decoder(w, S, P, max_new_tokens, eos=eos, pad=pad, sampling=sampling, attn_bucket=self.attn_bucket)
+            dec = Decoder(w, S, P, max_new_tokens, eos=eos, pad=pad, sampling=sampling, attn_bucket=self.attn_bucket,
+                          cache_dtype=cdtype)
             self._decoders[key] = dec
         dec.w = w
         step = None
@@ -435,5 +446,11 @@ class StaticEngine(LocalEngine):
         elif self.compile:
             compiled = torch.compile(dec.token_step, mode="reduce-overhead", fullgraph=True)
             step = lambda _: compiled()  # noqa: E731
-        return dec.run(prompt_ids, prompt_mask, seed=seed, seq_offset=seq_offset, sync_every=self.sync_every,
-                       step=step)
+        if not torch.is_autocast_enabled(dev):
+            return dec.run(prompt_ids, prompt_mask, seed=seed, seq_offset=seq_offset, sync_every=self.sync_every,
+                           step=step)
+        # autocast's weight-cast cache would hand a captured graph bf16 copies that are freed when the caller's
+        # autocast exits; without it every step casts inside the graph (same values, re-read each replay)
+        with torch.autocast(dev, dtype=cdtype, cache_enabled=False):
+            return dec.run(prompt_ids, prompt_mask, seed=seed, seq_offset=seq_offset, sync_every=self.sync_every,
+                           step=step)

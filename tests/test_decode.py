@@ -280,3 +280,24 @@ def test_graph_bookkeeping_with_a_stand_in_capture(tiny):
     assert len(captured) > n  # same shapes, new weight tensors: the buckets were captured again
     eng.release()
     assert not eng._decoders and not eng._merged and not eng._graphs.graphs
+
+
+def test_static_engine_under_bf16_autocast_draws_the_eager_tokens(tiny):
+    """Full fine-tuning rolls out fp32 master weights under bf16 autocast: the static engine runs there, keeps its
+    KV cache in bf16 (the dtype SDPA computes in) and draws exactly the eager engine's tokens under the same
+    autocast. The autocast tokens differ from the fp32 ones somewhere, so autocast really was in effect."""
+    model, tok = tiny
+    assert next(model.parameters()).dtype == torch.float32
+    args = dict(num_generations=3, max_new_tokens=16, seed=3, seq_offset=5, rollout_batch=4)
+    moved = False
+    for kw in (SAMPLING[0], SAMPLING[3]):  # greedy, and every filter at once
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = EagerEngine().generate(model, tok, [LONG, SHORT, MID], **args, **kw)
+            engine = StaticEngine(attn_bucket=8, sync_every=5)
+            got = engine.generate(model, tok, [LONG, SHORT, MID], **args, **kw)
+        (dec,) = engine._decoders.values()
+        assert dec.cache.k.dtype == dec.cache.v.dtype == torch.bfloat16
+        _same(ref, got)
+        fp32 = EagerEngine().generate(model, tok, [LONG, SHORT, MID], **args, **kw)
+        moved |= not torch.equal(fp32.completion_ids, ref.completion_ids)
+    assert moved
