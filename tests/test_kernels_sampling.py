@@ -118,6 +118,25 @@ def test_triton_batch_invariant():
     assert batch[1] == alone[0]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_position_and_seed_as_device_tensors_draw_the_int_tokens(impl):
+    """The static engine passes t and seed as 0-dim device tensors (its CUDA graph replays one launch for every
+    position): same tokens as Python ints, on the torch path and through the keyed Triton kernel, including a seed
+    and a t·0x85EBCA77 that leave the int32 range (the device-side mod 2^32 must match the host's)."""
+    rows = 8 if DEVICE == "cuda" else 3
+    x = random_logits(rows, 1823, seed=5)
+    seq = torch.arange(rows, device=DEVICE) + 2**32 - 2
+    for seed, t in ((0, 0), (2**31 + 5, 3), (-7, 1000)):
+        want = kernels.sample_tokens(x, seq, t, seed=seed, impl="torch", **FILTERS["all"])
+        assert torch.equal(want, todays_tokens(x, seq, t, seed=seed, temperature=1.0, **FILTERS["all"]))
+        got = kernels.sample_tokens(x, seq, torch.tensor(t, device=DEVICE), seed=torch.tensor(seed, device=DEVICE),
+                                    impl=impl, **FILTERS["all"])
+        assert torch.equal(got, want), (seed, t)
+    if impl == "triton":
+        keys = sampling._device_keys(torch.tensor(2**31 + 5), torch.tensor(3))
+        assert keys.dtype == torch.int32 and keys.tolist() == [sampling._int32(2**31 + 5), sampling._int32(3 * 0x85EBCA77)]
+
+
 CHI_IMPLS = ["torch"] + (["triton"] if TRITON_HERE and DEVICE == "cuda" else [])  # 40k interpreted rows: too slow
 
 

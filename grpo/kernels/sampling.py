@@ -93,6 +93,23 @@ if HAS_TRITON:
     def _sample_kernel(logits_ptr, stride_row, seq_ids_ptr, out_ptr, V, top_k, top_p, log_min_p, temperature,
                        seed32, tmix32, USE_TOP_K: tl.constexpr, USE_TOP_P: tl.constexpr, USE_MIN_P: tl.constexpr,
                        BLOCK_V: tl.constexpr, NUM_PIVOTS: tl.constexpr):
+        """seed and position as launch arguments (int32 scalars)."""
+        _sample_row(logits_ptr, stride_row, seq_ids_ptr, out_ptr, V, top_k, top_p, log_min_p, temperature,
+                    seed32, tmix32, USE_TOP_K, USE_TOP_P, USE_MIN_P, BLOCK_V, NUM_PIVOTS)
+
+    @triton.jit
+    def _sample_kernel_keyed(logits_ptr, stride_row, seq_ids_ptr, out_ptr, V, top_k, top_p, log_min_p, temperature,
+                             keys_ptr, USE_TOP_K: tl.constexpr, USE_TOP_P: tl.constexpr, USE_MIN_P: tl.constexpr,
+                             BLOCK_V: tl.constexpr, NUM_PIVOTS: tl.constexpr):
+        """seed and position read from device memory (int32 [seed32, tmix32]): no host value changes from token to
+        token, so a CUDA graph captures the launch once and replays it for every position."""
+        _sample_row(logits_ptr, stride_row, seq_ids_ptr, out_ptr, V, top_k, top_p, log_min_p, temperature,
+                    tl.load(keys_ptr), tl.load(keys_ptr + 1), USE_TOP_K, USE_TOP_P, USE_MIN_P, BLOCK_V, NUM_PIVOTS)
+
+    @triton.jit
+    def _sample_row(logits_ptr, stride_row, seq_ids_ptr, out_ptr, V, top_k, top_p, log_min_p, temperature,
+                    seed32, tmix32, USE_TOP_K: tl.constexpr, USE_TOP_P: tl.constexpr, USE_MIN_P: tl.constexpr,
+                    BLOCK_V: tl.constexpr, NUM_PIVOTS: tl.constexpr):
         row = tl.program_id(0)
         row_ptr = logits_ptr + row.to(tl.int64) * stride_row                         # int64: rows·V > 2^31
         lanes = tl.arange(0, BLOCK_V)                                                # (BLOCK_V,)
@@ -197,13 +214,23 @@ def _log_min_p(min_p: float) -> float:
     return float(torch.tensor(math.log(min_p), dtype=torch.float32)) if min_p > 0 else float("-inf")
 
 
+def _device_keys(seed: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """[seed, t · 0x85EBCA77] mod 2^32 as signed int32 (2,), computed on device: _int32 without a host sync."""
+    x = torch.stack([seed.to(torch.int64).reshape(()), t.to(torch.int64).reshape(()) * 0x85EBCA77]) & _MASK32
+    return torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+
+
 def _triton_sample(logits, seq_ids, t, seed, temperature, top_k, top_p, min_p):
     rows, V = logits.shape
     out = _common.empty(rows, dtype=torch.int64, device=logits.device)
-    _sample_kernel[(rows,)](logits, logits.stride(0), seq_ids, out, V, top_k, top_p, _log_min_p(min_p),
-                            temperature, _int32(seed), _int32(t * 0x85EBCA77), USE_TOP_K=0 < top_k < V,
-                            USE_TOP_P=top_p < 1.0, USE_MIN_P=min_p > 0.0, BLOCK_V=_BLOCK_V,
-                            NUM_PIVOTS=_NUM_PIVOTS, num_warps=_NUM_WARPS)
+    common = dict(USE_TOP_K=0 < top_k < V, USE_TOP_P=top_p < 1.0, USE_MIN_P=min_p > 0.0, BLOCK_V=_BLOCK_V,
+                  NUM_PIVOTS=_NUM_PIVOTS, num_warps=_NUM_WARPS)
+    head = (logits, logits.stride(0), seq_ids, out, V, top_k, top_p, _log_min_p(min_p), temperature)
+    if isinstance(t, torch.Tensor) or isinstance(seed, torch.Tensor):
+        keys = _device_keys(torch.as_tensor(seed, device=logits.device), torch.as_tensor(t, device=logits.device))
+        _sample_kernel_keyed[(rows,)](*head, keys, **common)
+    else:
+        _sample_kernel[(rows,)](*head, _int32(seed), _int32(t * 0x85EBCA77), **common)
     return out
 
 
@@ -275,7 +302,8 @@ def sample_tokens(logits: torch.Tensor, seq_ids: torch.Tensor, t: int, *, seed: 
     """One token per row: Gumbel-max on logits / temperature over HF's top-k → top-p → min-p set, with noise keyed
     by (seed, seq_ids[r], t, vocab id). Same tokens as grpo.rollout's filter_logits + gumbel_noise argmax.
 
-    logits (rows, V) bf16/fp16/fp32 (fp64 runs the torch path), seq_ids (rows,) int, t the decode position.
+    logits (rows, V) bf16/fp16/fp32 (fp64 runs the torch path), seq_ids (rows,) int, t the decode position; t and
+    seed are ints or 0-dim int tensors on the logits' device (read on device, no host sync: CUDA-graph capturable).
     temperature 0 is greedy (argmax); top_k 0 / top_p 1 / min_p 0 turn a filter off. Returns (rows,) int64.
     impl: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else torch), "triton", "torch".
     """
@@ -293,7 +321,11 @@ def sample_tokens(logits: torch.Tensor, seq_ids: torch.Tensor, t: int, *, seed: 
         return logits.argmax(-1)
     if logits.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=logits.device)
-    args = (int(t), int(seed), float(temperature), top_k, float(top_p), float(min_p))
+    # t and seed may be 0-dim device tensors (the static engine's step buffers): then nothing here syncs or reads
+    # them on the host, which is what lets a CUDA graph capture the call (fixed shapes, values read on device)
+    on_device = isinstance(t, torch.Tensor) or isinstance(seed, torch.Tensor)
+    args = (t if on_device else int(t), seed if on_device else int(seed), float(temperature), top_k, float(top_p),
+            float(min_p))
     if impl == "triton":
         if logits.stride(-1) != 1:
             logits = logits.contiguous()
