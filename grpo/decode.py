@@ -25,8 +25,10 @@ that `torch.cat`s each layer's whole cache every token (O(T²) copies); a host s
   The cost is memory: a copy of every adapted weight (≈ the whole model, 28 GB for 14B in bf16), kept between
   calls so captured graphs stay valid. `lora="adapter"` adds the two small adapter matmuls instead, exactly peft's
   `base(x) + B(A(x))·s` (no extra memory, more launches; graphs hide the launches).
-- **Sampling is the loop's own**: `grpo.rollout.filter_logits` + the keyed Gumbel noise of (seed, sequence, t, id),
-  so a sequence draws the same tokens as in the eager engine, alone or in any batch (batch invariance).
+- **Sampling is the loop's own**: `kernels.sample_tokens`, keyed Gumbel-max over HF's top-k/top-p/min-p set with the
+  noise of (seed, sequence, t, id) — one Triton pass per row on CUDA, no (S, V) temporaries — as in the eager
+  engine, so a sequence draws the same tokens alone or in any batch (batch invariance). t and seed are device
+  tensors, read by the kernel from memory, so the captured step needs no new launch arguments per token.
 
 Bandwidth per token (batch S, context n): weights W bytes once + K/V reads 2·L·H_kv·D·n·S·bytes — reading up to the
 bucket edge adds at most `attn_bucket` slots per row. GQA is done by viewing the H_q query heads of a step as H_kv
@@ -53,7 +55,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from grpo.rollout import LocalEngine, filter_logits, gumbel_noise
+from grpo import kernels
+from grpo.rollout import LocalEngine
 
 
 @dataclass
@@ -312,11 +315,10 @@ class Decoder:
     def _sample(self, logits: torch.Tensor) -> None:
         """logits (S, V) → token t of every row into the buffers (the eager loop's rule, with t a tensor)."""
         sp = self.sampling
-        if sp.temperature == 0:
-            tok = logits.argmax(-1)
-        else:
-            logp = filter_logits(logits, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p)
-            tok = (logp + gumbel_noise(self.seed, self.seq_ids, self.t, logp.shape[-1])).argmax(-1)  # (S,)
+        # t and seed go in as device tensors: the sampler reads them on device (Triton on CUDA, no (S, V)
+        # temporaries; torch on CPU), so a captured step replays for every position with no host sync
+        tok = kernels.sample_tokens(logits, self.seq_ids, self.t, seed=self.seed, temperature=sp.temperature,
+                                    top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p)      # (S,)
         tok = torch.where(self.done, torch.full_like(tok, self.pad), tok)
         hit = torch.isin(tok, self.eos) & ~self.done
         self.finish.copy_(torch.where(hit, self.t, self.finish))

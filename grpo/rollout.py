@@ -17,6 +17,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from grpo import kernels
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -247,11 +249,8 @@ def sample_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens = []
     for t in range(max_new_tokens):
-        if temperature == 0:
-            tok = logits.argmax(-1)
-        else:
-            logp = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-            tok = (logp + gumbel_noise(seed, seq_ids, t, logp.shape[-1])).argmax(-1)    # (S,)
+        tok = kernels.sample_tokens(logits, seq_ids, t, seed=seed, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, min_p=min_p)                           # (S,) 0 = greedy
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         tokens.append(tok)
         done = done | torch.isin(tok, eos)

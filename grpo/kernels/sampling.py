@@ -248,13 +248,17 @@ def gumbel_noise(seed: int, seq_ids: torch.Tensor, t: int, vocab: int, *, impl: 
     grpo.rollout.gumbel_noise bit for bit. The torch path hashes _CHUNK_ELEMS elements at a time, so its int64
     temporaries stay bounded; impl="triton" runs the kernel's own noise (for tests)."""
     rows = seq_ids.shape[0]
-    out = _common.empty(rows, vocab, dtype=torch.float32, device=seq_ids.device)
     if impl == "triton":
+        out = _common.empty(rows, vocab, dtype=torch.float32, device=seq_ids.device)
         _gumbel_noise_kernel[(rows,)](seq_ids.contiguous(), out, vocab, _int32(seed), _int32(t * 0x85EBCA77),
                                       BLOCK_V=_BLOCK_V)
         return out
     key = _hash32(_hash32(seq_ids.to(torch.int64) * 0x9E3779B1 + seed) + t * 0x85EBCA77)   # (rows,)
     step = max(1, _CHUNK_ELEMS // max(rows, 1))
+    if step >= vocab:  # one chunk: no output buffer written in place (a captured step writes only its own state)
+        bits = _hash32(key[:, None] * 0x27D4EB2F + torch.arange(vocab, device=seq_ids.device)[None, :])
+        return (-torch.log(-torch.log((bits.to(torch.float64) + 0.5) / 2**32))).to(torch.float32)
+    out = _common.empty(rows, vocab, dtype=torch.float32, device=seq_ids.device)
     for v0 in range(0, vocab, step):
         v = torch.arange(v0, min(v0 + step, vocab), device=seq_ids.device, dtype=torch.int64)
         bits = _hash32(key[:, None] * 0x27D4EB2F + v[None, :])                             # (rows, chunk)
@@ -270,30 +274,35 @@ def keep_mask(z: torch.Tensor, *, top_k: int, top_p: float, min_p: float) -> tor
     m = z.amax(-1, keepdim=True)                                                           # (rows, 1)
     keep = torch.ones_like(z, dtype=torch.bool)
     if 0 < top_k < V:
-        keep &= z >= z.topk(top_k, dim=-1).values[:, -1:]
+        keep = keep & (z >= z.topk(top_k, dim=-1).values[:, -1:])
     if top_p < 1.0:
         zs = z.masked_fill(~keep, float("-inf")).sort(dim=-1, descending=True).values     # (rows, V)
         e = (zs.double() - m.double()).exp()                                               # fp64 unnormalised p
         mass_above = e.cumsum(-1) - e
         n_keep = (mass_above < top_p * e.sum(-1, keepdim=True)).sum(-1, keepdim=True).clamp(min=1)
-        keep &= z >= zs.gather(-1, n_keep - 1)                                             # whole tie group
+        keep = keep & (z >= zs.gather(-1, n_keep - 1))                                     # whole tie group
     if min_p > 0.0:
-        keep &= (z - m) >= _log_min_p(min_p)
+        keep = keep & ((z - m) >= _log_min_p(min_p))
     return keep
 
 
 def _reference(logits, seq_ids, t, *, seed, temperature, top_k, top_p, min_p):
     """Plain torch, chunked over rows: z = logits / T, keep_mask, argmax(z + noise) over the kept tokens."""
     rows, V = logits.shape
-    out = _common.empty(rows, dtype=torch.int64, device=logits.device)
     step = max(1, _CHUNK_ELEMS // max(V, 1))
-    for r0 in range(0, rows, step):
-        sl = slice(r0, r0 + step)
+
+    def chunk(sl):
         z = logits[sl].float() / temperature                                               # (r, V)
         z = torch.where(z == 0, 0.0, z)                                                    # −0 → +0, as the kernel
         keep = keep_mask(z, top_k=top_k, top_p=top_p, min_p=min_p)
         score = (z + gumbel_noise(seed, seq_ids[sl], t, V)).masked_fill(~keep, float("-inf"))
-        out[sl] = score.argmax(-1)
+        return score.argmax(-1)                                                            # (r,)
+
+    if step >= rows:  # one chunk: no output buffer written in place (a captured step writes only its own state)
+        return chunk(slice(0, rows))
+    out = _common.empty(rows, dtype=torch.int64, device=logits.device)
+    for r0 in range(0, rows, step):
+        out[r0:r0 + step] = chunk(slice(r0, r0 + step))
     return out
 
 
