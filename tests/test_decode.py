@@ -301,3 +301,20 @@ def test_static_engine_under_bf16_autocast_draws_the_eager_tokens(tiny):
         fp32 = EagerEngine().generate(model, tok, [LONG, SHORT, MID], **args, **kw)
         moved |= not torch.equal(fp32.completion_ids, ref.completion_ids)
     assert moved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_session.sh runs it on a lent GPU)")
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_cuda_graph_engine_draws_the_eager_tokens_on_cuda(amp):
+    """On a GPU: the static engine with captured CUDA graphs and the Triton sampler draws the eager engine's tokens
+    (fp32 weights; and fp32 masters under bf16 autocast, as full fine-tuning rolls out), twice in a row (replayed
+    graphs, reused decoder)."""
+    from grpo.model import build_tiny, load_model
+    model, tok = load_model(build_tiny(), device=torch.device("cuda"), dtype=torch.float32)
+    args = dict(num_generations=3, max_new_tokens=24, seed=3, seq_offset=5, rollout_batch=0, **SAMPLING[3])
+    engine = StaticEngine(cuda_graphs=True, attn_bucket=16, sync_every=4)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        ref = EagerEngine().generate(model, tok, [LONG, SHORT, MID], **args)
+        for _ in range(2):
+            _same(ref, engine.generate(model, tok, [LONG, SHORT, MID], **args))
+    assert engine._graphs.graphs  # the graphs really were captured and replayed
