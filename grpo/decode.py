@@ -41,6 +41,12 @@ log p + Gumbel. Both engines are deterministic, so resume and 2 ranks = 1 rank h
 Attention is PyTorch SDPA (flash-attn's `flash_attn_with_kvcache` would fit the cache layout; not wired: no GPU to
 test it on yet).
 
+Autocast (full fine-tuning: fp32 master weights, bf16 compute): the step runs under the caller's autocast like the
+eager forward, op for op; the KV cache is allocated in the compute dtype (`compute_dtype`) and K/V are cast on
+write — the dtype SDPA casts them to anyway, so the tokens equal the eager engine's under the same autocast
+(tests/test_decode.py) and the cache is half the fp32 size. The run is wrapped in autocast with its weight-cast cache
+off: a captured graph must not keep pointers to cast copies that the caller's autocast frees on exit.
+
 Memory: the engine keeps its last decoder (the KV cache, 2·L·S·T_max·H_kv·D·bytes) and the merged-LoRA copies
 between calls, so the next rollout of the same shape reuses buffers and captured graphs; `release()` frees them.
 
