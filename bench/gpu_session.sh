@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should run, in ONE device call of at most 8 minutes (from the repo root; $OUT is set there):
 #     bash bench/gpu_session.sh                 # on the GPU: ~7 min, every part under its own timeout
-#     bash bench/gpu_session.sh --dry-run       # on a CPU: the same parts with tiny shapes, ~1 min (tests/test_gpu_session.py)
+#     bash bench/gpu_session.sh --dry-run       # on a CPU: the same parts with tiny shapes, ~2-4 min
+# (tests/test_gpu_session.py checks the orchestration itself with a stand-in interpreter, in seconds)
 # Parts (each with its own `timeout`, capped by what is left of BUDGET_S, so one hang cannot eat the call):
 #   tests     CUDA correctness: Triton kernels (log-probs, fused linear, sampler) vs torch/fp64, static = eager decode
 #   kernels   bench/bench_kernels.py (+ --sampler): ms, GB/s vs the measured copy ceiling, extra peak memory
