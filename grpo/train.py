@@ -43,7 +43,7 @@ from grpo.loss import LOSSES, logp_gap, truncated_is_weights
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
                         weights_dtype)
-from grpo.rollout import concat_groups, make_engine
+from grpo.rollout import concat_groups, engine_for, make_engine
 from rewards import REWARDS
 from rewards.functions import rar_implicit
 from rewards.judge import grade_sync, make_judge, rate_sync
@@ -103,9 +103,7 @@ def main(argv: list) -> None:
     compute = compute_dtype(cfg.dtype, device)
     wdtype = weights_dtype(compute, cfg.full_finetune)
     amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
-    name = "eager" if cfg.rollout == "local" and wdtype != compute else cfg.rollout  # static engine: no autocast yet
-    engine = make_engine(name, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
-                                   "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
+    engine = make_engine(engine_for(cfg, autocast=wdtype != compute), cfg, out)  # --rollout, from the config
     engine.check()
     samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)

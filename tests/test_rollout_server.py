@@ -349,3 +349,27 @@ def test_the_api_key_stays_inside_the_clients(tmp_path, monkeypatch):
     assert engine._admin.api_key == "sk-secret-123"
     assert "sk-secret" not in repr(engine) and "sk-secret" not in repr({k: v for k, v in vars(engine).items()
                                                                           if k != "_admin"})
+
+
+def test_every_engine_is_built_from_the_run_config_by_lookup(tmp_path):
+    """train.py's one line, make_engine(engine_for(cfg, autocast=...), cfg, out): each ENGINES factory reads what it
+    needs from the config; explicit options win; the default static engine gives way to eager under autocast."""
+    from grpo.config import Config
+    from grpo.decode import StaticEngine
+    from grpo.rollout import ENGINES, EagerEngine, engine_for, make_engine
+    served = Config(rollout="server", rollout_base_url="http://127.0.0.1:9/v1, http://127.0.0.1:10/v1",
+                    rollout_model="Qwen/Qwen3-14B")
+    engine = make_engine(engine_for(served, autocast=False), served, tmp_path)
+    assert isinstance(engine, ServerEngine) and engine.url == "http://127.0.0.1:9/v1"  # rank 0: the first engine
+    assert engine.model == "Qwen/Qwen3-14B" and engine.adapter_dir == (tmp_path / "adapters").resolve()
+    assert make_engine("server", served, tmp_path, timeout=5.0).timeout == 5.0
+    assert engine_for(served, autocast=True) == "server"  # a served engine samples with its own weights
+    for rollout, autocast, want in [("local", False, StaticEngine), ("local", True, EagerEngine),
+                                    ("static", False, StaticEngine), ("eager", False, EagerEngine),
+                                    ("eager", True, EagerEngine)]:
+        cfg = Config(rollout=rollout)
+        assert type(make_engine(engine_for(cfg, autocast=autocast), cfg, tmp_path)) is want, (rollout, autocast)
+    assert set(ENGINES) == {"eager", "static", "local", "server"}
+    assert make_engine("static", sync_every=3).sync_every == 3  # benches: no config, explicit options
+    with pytest.raises(ValueError, match="unknown rollout engine 'vllm'; choose one of eager, local, server, static"):
+        make_engine("vllm", Config(), tmp_path)
