@@ -373,3 +373,16 @@ def test_every_engine_is_built_from_the_run_config_by_lookup(tmp_path):
     assert make_engine("static", sync_every=3).sync_every == 3  # benches: no config, explicit options
     with pytest.raises(ValueError, match="unknown rollout engine 'vllm'; choose one of eager, local, server, static"):
         make_engine("vllm", Config(), tmp_path)
+
+
+def test_served_flags_are_checked_before_anything_loads():
+    """--rollout server with full fine-tuning, or without its URL / model name, is refused when the flags are read."""
+    from grpo.config import parse_args
+    ok = ["--full_finetune=false", "--rollout=server", "--rollout_base_url=http://127.0.0.1:8000/v1", "--rollout_model=m"]
+    assert parse_args(ok).rollout_model == "m"
+    with pytest.raises(ValueError) as e:
+        parse_args(ok + ["--full_finetune=true"])
+    assert str(e.value) == FULL_FT
+    for missing in ok[2:]:
+        with pytest.raises(ValueError, match="needs --rollout_base_url .* and --rollout_model"):
+            parse_args([a for a in ok if a != missing])
