@@ -378,7 +378,8 @@ def test_every_engine_is_built_from_the_run_config_by_lookup(tmp_path):
 def test_served_flags_are_checked_before_anything_loads():
     """--rollout server with full fine-tuning, or without its URL / model name, is refused when the flags are read."""
     from grpo.config import parse_args
-    ok = ["--full_finetune=false", "--rollout=server", "--rollout_base_url=http://127.0.0.1:8000/v1", "--rollout_model=m"]
+    ok = ["--full_finetune=false", "--rollout=server", "--rollout_base_url=http://127.0.0.1:8000/v1",
+          "--rollout_model=m"]
     assert parse_args(ok).rollout_model == "m"
     with pytest.raises(ValueError) as e:
         parse_args(ok + ["--full_finetune=true"])
