@@ -387,3 +387,16 @@ def test_served_flags_are_checked_before_anything_loads():
     for missing in ok[2:]:
         with pytest.raises(ValueError, match="needs --rollout_base_url .* and --rollout_model"):
             parse_args([a for a in ok if a != missing])
+
+
+def test_nothing_of_vllm_is_a_dependency():
+    """The package's requirements name no vLLM, and the served path imports with `import vllm` made to fail."""
+    import subprocess
+    import sys
+    from importlib.metadata import requires
+    from pathlib import Path
+    assert not [r for r in requires("grpo-rubric") or [] if r.lower().startswith("vllm")]
+    code = "import sys; sys.modules['vllm'] = None; import grpo.rollout_server, grpo.train, tests.vllm_server"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
