@@ -203,26 +203,38 @@ class EagerEngine(LocalEngine):
         return sample_tokens(model, prompt_ids, prompt_mask, **kw)
 
 
-def _static(**options) -> Engine:
+# Every factory has one signature, factory(cfg, out_dir, **options): it reads from the run's Config what it needs
+# (cfg None: explicit options only — benches and tests), and explicit options win. So the loop builds any engine the
+# same way, and a new engine is one entry here, not a branch in train.py.
+def _eager(cfg=None, out_dir=None, **options) -> Engine:
+    return EagerEngine(**options)
+
+
+def _static(cfg=None, out_dir=None, **options) -> Engine:
     from grpo.decode import StaticEngine  # decode.py imports this module's sampler
     return StaticEngine(**options)
 
 
-def _server(**options) -> Engine:
-    from grpo.rollout_server import ServerEngine  # only a served run needs it
+def _server(cfg=None, out_dir=None, **options) -> Engine:
+    from pathlib import Path
+    from grpo.rollout_server import ServerEngine  # only a served run needs it (and the openai client)
+    if cfg is not None:  # adapters are saved in the run directory, where the server reads them
+        options = {"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
+                   "adapter_dir": str(Path(out_dir) / "adapters"), **options}
     return ServerEngine(**options)
 
 
 # --rollout NAME. "local" is the in-process default (the static engine); "eager" is the reference it must equal
-ENGINES: dict[str, Callable[..., Engine]] = {"eager": EagerEngine, "static": _static, "local": _static,
+ENGINES: dict[str, Callable[..., Engine]] = {"eager": _eager, "static": _static, "local": _static,
                                              "server": _server}
 
 
-def make_engine(name: str, **options) -> Engine:
-    """The engine called `name` (--rollout NAME), built with its options."""
+def make_engine(name: str, cfg=None, out_dir=None, **options) -> Engine:
+    """The engine called `name` (--rollout NAME), built from the run's config and directory when given
+    (`make_engine(cfg.rollout, cfg, out)` in the loop), and from explicit options."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; choose one of {', '.join(sorted(ENGINES))}")
-    return ENGINES[name](**options)
+    return ENGINES[name](cfg, out_dir, **options)
 
 
 def generate(model, tokenizer, prompts: list, **kw) -> Rollouts:

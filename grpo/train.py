@@ -103,8 +103,7 @@ def main(argv: list) -> None:
     compute = compute_dtype(cfg.dtype, device)
     wdtype = weights_dtype(compute, cfg.full_finetune)
     amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
-    engine = make_engine(cfg.rollout, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
-                                   "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
+    engine = make_engine(cfg.rollout, cfg, out)  # --rollout: each ENGINES factory reads its flags from the config
     engine.check()
     samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)

@@ -56,9 +56,9 @@ MASK32 = 0xFFFFFFFF
 class LoopbackVLLM(LoopbackHTTP):
     """ThreadingHTTPServer on 127.0.0.1; `url` is the base_url ('.../v1'). model, tokenizer: the base (fp32).
 
-    Records: `requests` (completion bodies, in arrival order), `served_by` (the model name each completion
-    request sampled with), `loads` (adapter name, path) in order, `adapters` (name → loaded PeftModel),
-    `attempts[key]` per logical request (key = route:hash), `served` fault counts.
+    Records: `requests` (completion bodies in arrival order, which for concurrent requests is a race), `served_by`
+    (the model name each completion request sampled with), `loads` (adapter name, path) in order, `adapters`
+    (name → loaded PeftModel), `attempts[key]` per logical request (key = route:hash), `served` fault counts.
     """
 
     def __init__(self, model, tokenizer, name: str = "tiny", *, runtime_lora: bool = True, faults=None,
