@@ -48,7 +48,7 @@ from torch.profiler import record_function  # noqa: E402
 
 from grpo.advantages import group_advantages  # noqa: E402
 from grpo.logprobs import IMPLS, completion_logprobs  # noqa: E402
-from grpo.loss import LOSSES  # noqa: E402
+from grpo.loss import LOSSES, combine  # noqa: E402
 from grpo.model import SHAPES, Reference, add_lora, default_dtype, load_model, random_model  # noqa: E402
 from grpo.rollout import ENGINES, completion_masks, make_engine  # noqa: E402
 
@@ -264,7 +264,7 @@ def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl
                 old = old_logp[c] if old_logp is not None else logp.detach()
                 loss, _ = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
                                   eps_low=0.2, eps_high=0.2, beta=a.beta, max_len=T, num_tokens=num_tokens)
-                scale = 1.0 if a.loss == "dapo" else (c.stop - c.start) / S
+                scale = combine(a.loss, (c.stop - c.start) / S, 1).grad  # one process
             with clock("policy_bwd"):
                 (loss * scale).backward()
                 del logp, loss

@@ -363,3 +363,36 @@ def test_truncated_importance_weights_scale_the_surrogate_not_the_kl():
         assert ones.item() == plain.item(), name
     with pytest.raises(ValueError, match="cap"):
         truncated_is_weights(logp, sampler, mask, cap=0)
+
+
+@pytest.mark.parametrize("variant, kw", [("dapo", {}), ("dr_grpo", {"max_len": 8}), ("grpo", {})])
+@pytest.mark.parametrize("world", [1, 3])
+def test_combine_weights_give_the_full_batch_on_any_world(variant, kw, world):
+    """What the loop does with `combine`: each rank backprops Σ_c combine.grad · loss_c, DDP averages the ranks'
+    gradients, and the reported loss adds combine.report · loss_c, then sums or averages over ranks. Both must equal
+    one pass over the whole batch (here: 3 micro-batches of 2 sequences, split over `world` ranks)."""
+    from grpo.loss import combine
+    grad, micro, total = accumulation_setup()
+    full_loss, full_grad = grad(variant, slice(None), **kw)
+    per_rank = {1: [micro], 3: [[m] for m in micro]}[world]  # world 3: one micro-batch per rank
+    if variant == "dapo":
+        kw = {"num_tokens": total}
+    rank_grads, rank_losses = [], []
+    for chunks in per_rank:
+        n = sum(c.stop - c.start for c in chunks)
+        g_sum, l_sum = 0.0, 0.0
+        for c in chunks:
+            w = combine(variant, (c.stop - c.start) / n, world)
+            loss, g = grad(variant, c, w.grad, **kw)
+            g_sum, l_sum = g_sum + g, l_sum + loss * w.report
+        rank_grads.append(g_sum)
+        rank_losses.append(l_sum)
+    torch.testing.assert_close(sum(rank_grads) / world, full_grad, rtol=1e-12, atol=1e-14)  # DDP: mean of ranks
+    ranks = combine(variant, 1.0, world).ranks
+    reported = sum(rank_losses) if ranks == "sum" else sum(rank_losses) / world
+    assert reported.item() == pytest.approx(full_loss.item(), rel=1e-12)
+
+
+def test_every_loss_declares_its_normaliser():
+    from grpo.loss import GLOBAL_NORMALISER
+    assert set(GLOBAL_NORMALISER) == set(LOSSES) and GLOBAL_NORMALISER["dapo"] and not GLOBAL_NORMALISER["grpo"]
