@@ -68,7 +68,7 @@ def _per_token_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv
         r = torch.where(valid, ref_logp - logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (B*G, T)
         kl = r.exp() - r - 1  # (B*G, T), exactly 0 at masked positions (r = 0)
         loss = loss + beta * kl
-        metrics["kl"] = kl.detach().sum() / n.clamp(min=1)
+        metrics["actor/kl"] = kl.detach().sum() / n.clamp(min=1)
     loss = torch.where(valid, loss, 0.0)  # (B*G, T)
 
     with torch.no_grad():

@@ -258,7 +258,7 @@ def main(argv: list) -> None:
         # ---- μ optimizer updates on this batch, gradient accumulation over micro-batches ----
         num_tokens = dist.all_reduce_sum(cmask.sum().float())  # dapo: tokens of the whole step, all ranks
         sums = {}  # the keys in `summed` add up over ranks below; the rest are means over ranks
-        summed = {"loss/tokens", *TOKEN_MEANS, *(("loss",) if combine(cfg.loss, 1.0, world).ranks == "sum" else ())}
+        summed = {"loss/tokens", *TOKEN_MEANS, *(("loss/total",) if combine(cfg.loss, 1.0, world).ranks == "sum" else ())}
         grad_norm, reason = float("nan"), "no_signal" if no_signal else None
         for _ in range(0 if no_signal else cfg.num_iterations):
             for i, c in enumerate(chunks):
@@ -278,11 +278,11 @@ def main(argv: list) -> None:
                     w = (c.stop - c.start) / S
                     part = combine(cfg.loss, w, world)  # the loss's own normaliser says how micro-batches add up
                     (loss * part.grad).backward()
-                sums["loss"] = sums.get("loss", 0.0) + (loss * part.report).detach()
+                sums["loss/total"] = sums.get("loss/total", 0.0) + (loss * part.report).detach()
                 # per-token means (entropy, kl, clip fractions) weighted by this micro-batch's share of the step's
                 # tokens on all ranks, counts added: the step's values equal one pass over the whole global batch
                 w_tok = cmask[c].sum() / num_tokens.clamp(min=1)
-                for k, v in {"entropy": entropy, **m}.items():
+                for k, v in {"actor/entropy": entropy, **m}.items():
                     weight = w_tok if k in TOKEN_MEANS else 1.0 if k == "loss/tokens" else w
                     sums[k] = sums.get(k, 0.0) + v.detach() * weight
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
@@ -298,8 +298,8 @@ def main(argv: list) -> None:
         # ---- metrics: reduce over ranks once (one host sync), log on rank 0, checkpoint ----
         n_upd = cfg.num_iterations
         stats = {k: v / n_upd for k, v in sums.items()}  # averages over the μ updates
-        stats.update({"completion_len": roll.completion_mask.sum(-1).float().mean(),
-                      "truncated_frac": roll.truncated.float().mean(), "format_ok": extra["format_ok"]})
+        stats.update({"rollout/completion_len": roll.completion_mask.sum(-1).float().mean(),
+                      "rollout/truncated_frac": roll.truncated.float().mean(), "rollout/format_ok": extra["format_ok"]})
         reduced = dist.all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in stats.values()]))
         metrics = {k: v if k in summed else v / world for k, v in zip(stats, reduced.tolist())}  # sums, else means
         finite = all_rewards[~torch.isnan(all_rewards)]
@@ -307,24 +307,24 @@ def main(argv: list) -> None:
             "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
             "reward/std": finite.std().item() if finite.numel() > 1 else 0.0,
             "reward/unknown_frac": unknown_frac,  # None or non-finite rewards, over every rank
-            "frac_reward_zero_std": frac_zero,
+            "reward/zero_std_frac": frac_zero,
             **{f"reward/{k}/mean": float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")
                for k, v in gathered.items()},
-            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped, **skips,
+            "actor/lr": scheduler.get_last_lr()[0], "actor/grad_norm": grad_norm, "skipped/steps": skipped, **skips,
             **({"skipped/reason": reason} if reason else {}),
             "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
             "time/step": t_end - t_step,
             "tok_per_s/rollout": extra["rollout_tokens"].item() * world / max(extra["time/rollout"], 1e-9),
             # completion tokens through a forward: μ policy passes (+ backward), + old (μ > 1), + reference (β > 0)
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
-            "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
+            "memory/peak_gb": peak_memory_gb(device), "data/prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
             **{k: float(v) for k, v in engine.stats.items()},  # a served engine's request counts
             "judge/step_errors": judge.stats().get("judge/errors", 0.0) - judge_errors,  # rank 0's failed requests
             **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
         })
         if no_signal:  # nothing was trained: no loss, KL or training throughput to report (null, not 0)
-            metrics.update({"loss": None, **({"kl": None} if cfg.beta > 0 else {}), "tok_per_s/train": None})
+            metrics.update({"loss/total": None, **({"actor/kl": None} if cfg.beta > 0 else {}), "tok_per_s/train": None})
         judge_errors = metrics["judge/step_errors"] + judge_errors
         log.log(step, metrics)
         if cfg.max_unknown_steps and unknown_run >= cfg.max_unknown_steps:  # before saving: the last checkpoint stands
@@ -351,7 +351,7 @@ def score_tensor(name: str, items: list, verdicts: list, ratings: list, G: int) 
 
 # loss metrics that are means over tokens (the rest: over sequences); rollout/logp_gap_max is the mean of the
 # micro-batches' maxima, exact with one micro-batch
-TOKEN_MEANS = {"entropy", "kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "rollout/logp_gap_mean"}
+TOKEN_MEANS = {"actor/entropy", "actor/kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "rollout/logp_gap_mean"}
 
 
 def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:

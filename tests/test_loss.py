@@ -50,7 +50,7 @@ def reference_loss(variant, logp, old, ref, adv, mask, eps_low, eps_high, beta, 
     metrics = {"loss/clip_frac_low": low / max(n, 1), "loss/clip_frac_high": high / max(n, 1),
                "loss/ratio_mean": sum(ratios) / max(n, 1), "loss/tokens": float(n)}
     if beta > 0:
-        metrics["kl"] = sum(kls) / max(n, 1)
+        metrics["actor/kl"] = sum(kls) / max(n, 1)
     return value, metrics
 
 
@@ -147,7 +147,7 @@ def test_kl_k3_hand_computed(log_r, want):
     logp = torch.tensor([[-1.0]], dtype=F64)
     loss, m = LOSSES["grpo"](logp, logp, logp + log_r, torch.zeros(1, dtype=F64), torch.ones(1, 1, dtype=bool),
                              **CLIP, beta=0.1)
-    assert m["kl"].item() == pytest.approx(want, rel=1e-12)
+    assert m["actor/kl"].item() == pytest.approx(want, rel=1e-12)
     assert loss.item() == pytest.approx(0.1 * want, rel=1e-12)
 
 
@@ -160,7 +160,7 @@ def test_kl_k3_is_unbiased_for_kl_under_policy_samples():
     ref = torch.tensor([[math.log(pi_ref[k]) for k in tokens]], dtype=F64)
     _, m = LOSSES["bnpo"](logp, logp, ref, torch.zeros(1, dtype=F64), torch.ones(1, 4, dtype=bool), **CLIP, beta=1.0)
     kl = sum(p * math.log(p / q) for p, q in zip(pi, pi_ref))
-    assert m["kl"].item() == pytest.approx(kl, rel=1e-12)
+    assert m["actor/kl"].item() == pytest.approx(kl, rel=1e-12)
 
 
 @given(st.lists(st.tuples(st.floats(-15, 0), st.floats(-15, 0)), min_size=1, max_size=8))
@@ -169,10 +169,10 @@ def test_kl_k3_nonnegative_and_zero_at_reference(pairs):
     ref = torch.tensor([[q for _, q in pairs]], dtype=F64)
     mask, zero = torch.ones_like(ref, dtype=torch.bool), torch.zeros(1, dtype=F64)
     loss, m = LOSSES["bnpo"](logp, logp.detach(), ref, zero, mask, **CLIP, beta=1.0)
-    assert m["kl"].item() >= 0 and loss.item() >= 0
+    assert m["actor/kl"].item() >= 0 and loss.item() >= 0
     loss, m = LOSSES["bnpo"](logp, logp.detach(), logp.detach(), zero, mask, **CLIP, beta=1.0)
     loss.backward()
-    assert m["kl"].item() == 0.0 and loss.item() == 0.0
+    assert m["actor/kl"].item() == 0.0 and loss.item() == 0.0
     assert torch.equal(logp.grad, torch.zeros_like(logp))  # k3'(0) = 0: no pull at the reference
 
 
@@ -240,7 +240,7 @@ def test_metrics_are_detached_scalars_and_kl_only_with_beta():
     _, m0 = call("dapo", logp, old, None, adv, mask, beta=0.0)
     _, m1 = call("dapo", logp, old, ref, adv, mask, beta=0.1)
     assert set(m0) == {"loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "loss/tokens"}
-    assert set(m1) == set(m0) | {"kl"}
+    assert set(m1) == set(m0) | {"actor/kl"}
     assert all(v.dim() == 0 and not v.requires_grad for v in m1.values())
 
 
