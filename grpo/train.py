@@ -43,7 +43,8 @@ from grpo.loss import LOSSES, combine, logp_gap, truncated_is_weights
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
                         weights_dtype)
-from grpo.rollout import concat_groups, make_engine
+from grpo.rollout import make_engine
+from grpo.step import keep_varied_groups
 from rewards import needs as reward_needs, score as reward_score
 from rewards.judge import grade_sync, make_judge, rate_sync
 
@@ -207,22 +208,9 @@ def main(argv: list) -> None:
         # ---- rollout + judge; DAPO dynamic sampling swaps zero-variance groups for fresh prompts ----
         roll, scores, extra = rollout_and_score(next_prompts())
         frac_zero = frac_zero_std(scores[cfg.reward])
-        if cfg.dynamic_sampling:  # groups as (rollouts, scores, index); varied first, zero-variance fillers last
-            zero = zero_std_groups(scores[cfg.reward]).tolist()
-            varied = [(roll, scores, b) for b in range(B_r) if not zero[b]]
-            fillers = [(roll, scores, b) for b in range(B_r) if zero[b]]
-            for _ in range(cfg.max_resample_rounds):
-                if not dist.all_reduce_sum(torch.tensor(float(len(varied) < B_r))).item():  # sync: all ranks agree
-                    break
-                r2, s2, e2 = rollout_and_score(next_prompts())
-                extra["time/rollout"] += e2["time/rollout"]  # every round's sampling and judging counts
-                extra["time/judge"] += e2["time/judge"]
-                extra["rollout_tokens"] = extra["rollout_tokens"] + e2["rollout_tokens"]
-                zero = zero_std_groups(s2[cfg.reward]).tolist()
-                varied += [(r2, s2, b) for b in range(B_r) if not zero[b]]
-            pool = (varied + fillers)[:B_r]  # fillers only if rounds ran out; their advantage is 0
-            roll = concat_groups([(r, b) for r, _, b in pool], tokenizer.pad_token_id)
-            scores = {k: torch.stack([s[k][b] for _, s, b in pool]) for k in scores}
+        if cfg.dynamic_sampling:  # zero-variance groups swapped for fresh prompts' varied ones (grpo/step.py)
+            roll, scores, extra = keep_varied_groups((roll, scores, extra), lambda: rollout_and_score(next_prompts()),
+                                                     cfg.reward, cfg.max_resample_rounds, tokenizer.pad_token_id)
             extra["dynamic/zero_std_after"] = frac_zero_std(scores[cfg.reward])
         rewards = scores[cfg.reward]                                              # (B_r, G), NaN = unknown
         gathered = {k: dist.all_gather_cat(v) for k, v in scores.items()}        # each (B, G), all ranks
