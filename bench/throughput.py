@@ -48,13 +48,15 @@ from torch.profiler import record_function  # noqa: E402
 
 from grpo.advantages import group_advantages  # noqa: E402
 from grpo.logprobs import IMPLS, completion_logprobs  # noqa: E402
-from grpo.loss import LOSSES  # noqa: E402
+from grpo.config import Config  # noqa: E402
+from grpo.loss import LOSSES, combine  # noqa: E402
 from grpo.model import SHAPES, Reference, add_lora, default_dtype, load_model, random_model  # noqa: E402
 from grpo.rollout import ENGINES, completion_masks, make_engine  # noqa: E402
 
 GB = 1e9
 PHASES = ("prefill", "decode", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
 MEM_PHASES = ("rollout", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
+TRAIN = Config()  # the trainer's defaults: ε, grad clip, temperature
 TRAIN_PHASES = ("old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")  # the planner's "train" peak
 LABELS = {"prefill": "prefill", "decode": "decode", "rollout": "rollout", "judge": "judge", "old_logp": "old log-probs",
           "ref_logp": "ref log-probs", "policy_fwd": "policy forward", "policy_bwd": "policy backward",
@@ -103,6 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Loss
     ap.add_argument("--loss", default="grpo", choices=sorted(LOSSES))
     ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient; > 0 adds the reference forward")
+    # the trainer's own defaults (grpo/config.py), so the bench times the step train.py runs
+    ap.add_argument("--eps-low", type=float, default=TRAIN.eps_low, help="clip ratio below 1 - eps_low")
+    ap.add_argument("--eps-high", type=float, default=TRAIN.eps_high, help="clip ratio above 1 + eps_high")
+    ap.add_argument("--grad-clip", type=float, default=TRAIN.grad_clip, help="max global grad norm (0 = off)")
+    ap.add_argument("--temperature", type=float, default=TRAIN.temperature, help="sampling and log-prob temperature")
     ap.add_argument("--num-iterations", type=int, default=1, help="μ updates per rollout; > 1 adds the old forward")
     ap.add_argument("--judge", default="keyword", help="rewards.judge name (keyword = offline) or none (random rewards)")
     # Benchmark
@@ -235,7 +242,7 @@ def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl
     prompt_mask = torch.ones_like(prompt_ids)                                     # (S, P)
     with clock("rollout"), prefill_timer(model, clock):
         completion = torch.cat([engine.sample_tokens(model, prompt_ids[i:i + R], prompt_mask[i:i + R], eos=NO_EOS.to(device),
-                                              pad=0, max_new_tokens=T, temperature=1.0, min_p=a.min_p,
+                                              pad=0, max_new_tokens=T, temperature=a.temperature, min_p=a.min_p,
                                               seed=a.seed, seq_offset=step * S + i) for i in range(0, S, R)])  # (S, T)
     cmask, _ = completion_masks(completion, NO_EOS.to(device))                    # (S, T) all ones
     input_ids = torch.cat([prompt_ids, completion], 1)                            # (S, P+T)
@@ -249,27 +256,30 @@ def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl
     with torch.no_grad():
         if a.num_iterations > 1:
             with clock("old_logp"):
-                old_logp = torch.cat([completion_logprobs(model, input_ids[c], attn[c], cmask[c], impl=impl)
+                old_logp = torch.cat([completion_logprobs(model, input_ids[c], attn[c], cmask[c], impl=impl,
+                                                          temperature=a.temperature)
                                       for c in chunks])                           # (S, T)
         if a.beta > 0:
             with clock("ref_logp"), reference.active() as ref_model:
-                ref_logp = torch.cat([completion_logprobs(ref_model, input_ids[c], attn[c], cmask[c], impl=impl)
+                ref_logp = torch.cat([completion_logprobs(ref_model, input_ids[c], attn[c], cmask[c], impl=impl,
+                                                          temperature=a.temperature)
                                       for c in chunks])                           # (S, T)
     num_tokens = cmask.sum().float()
     loss_fn = LOSSES[a.loss]
     for _ in range(a.num_iterations):
         for c in chunks:
             with clock("policy_fwd"):
-                logp, _ = completion_logprobs(model, input_ids[c], attn[c], cmask[c], impl=impl, with_entropy=True)
+                logp, _ = completion_logprobs(model, input_ids[c], attn[c], cmask[c], impl=impl, with_entropy=True,
+                                              temperature=a.temperature)
                 old = old_logp[c] if old_logp is not None else logp.detach()
                 loss, _ = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
-                                  eps_low=0.2, eps_high=0.2, beta=a.beta, max_len=T, num_tokens=num_tokens)
-                scale = 1.0 if a.loss == "dapo" else (c.stop - c.start) / S
+                                  eps_low=a.eps_low, eps_high=a.eps_high, beta=a.beta, max_len=T, num_tokens=num_tokens)
+                scale = combine(a.loss, (c.stop - c.start) / S, 1).grad  # one process
             with clock("policy_bwd"):
                 (loss * scale).backward()
                 del logp, loss
         with clock("optimizer"):
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(params, a.grad_clip if a.grad_clip > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

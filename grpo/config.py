@@ -160,6 +160,12 @@ def parse_args(argv: list, cls=None, presets: dict | None = None, check=None, us
     return cfg
 
 
+def reward_names(cfg: Config) -> tuple[str, ...]:
+    """--reward first, then the --log_rewards comma list (blanks and repeats dropped): every reward a step scores.
+    The one place --log_rewards is parsed."""
+    return tuple(dict.fromkeys([cfg.reward, *(r.strip() for r in cfg.log_rewards.split(",") if r.strip())]))
+
+
 def validate(cfg: Config) -> None:
     """Errors a user can cause, each naming the fix — checked here, before any model or data loads."""
     import math
@@ -191,16 +197,14 @@ def validate(cfg: Config) -> None:
             raise ValueError("--judge=openai needs --judge_model (e.g. gpt-4.1-mini, or the model your server serves)")
         if not (os.environ.get("OPENAI_API_KEY") or cfg.judge_base_url or os.environ.get("OPENAI_BASE_URL")):
             raise ValueError("--judge=openai needs an API key: set OPENAI_API_KEY, or --judge_base_url for a local server")
-    from rewards import REWARDS
+    from rewards import needs
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss} unknown; choose one of {sorted(LOSSES)}")
-    for name in [cfg.reward] + [r for r in cfg.log_rewards.split(",") if r]:
-        if name not in REWARDS and name != "rar_implicit":
-            raise ValueError(f"reward {name!r} unknown; choose from {sorted(REWARDS) + ['rar_implicit']}")
     if cfg.judge not in ("keyword", "openai", "local"):
         raise ValueError(f"--judge={cfg.judge} must be keyword | openai | local")
-    if "rar_implicit" in (cfg.reward, *cfg.log_rewards.split(",")) and cfg.judge != "openai":
-        raise ValueError("rar_implicit needs a rating judge: use --judge=openai")
+    for name in reward_names(cfg):  # needs() raises on an unknown name, listing the known ones
+        if needs(name) == "rating" and cfg.judge != "openai":
+            raise ValueError(f"{name} needs a rating judge: use --judge=openai")
     if cfg.adv_scale not in ("group", "batch", "none"):
         raise ValueError(f"--adv_scale={cfg.adv_scale} must be group | batch | none")
     if cfg.num_generations < 2:

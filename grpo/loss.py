@@ -14,6 +14,9 @@ Accumulating micro-batches (what the loop must do so that the step equals one bi
   - bnpo: normalises by its own micro-batch's token count, so it matches the big batch only when every
     micro-batch holds the same number of tokens (TRL's behaviour before its PR #6024; dapo is the exact fix).
 
+`combine(name, share, world)` says how the loop weighs one micro-batch's loss, from the normaliser each entry
+declares in `GLOBAL_NORMALISER`, so the loop never branches on a loss's name.
+
 Signature of every entry: fn(logp, old_logp, ref_logp, advantages, mask, *, eps_low, eps_high, beta,
 max_len=None, num_tokens=None, token_weights=None) -> (loss, metrics). logp, old_logp, ref_logp, mask,
 token_weights: (B*G, T); advantages: (B*G,). metrics are 0-dim detached tensors so the loop syncs once for all.
@@ -25,7 +28,7 @@ passed as `token_weights`: it multiplies the clipped surrogate only, not the KL 
 diagnostic to log every step.
 """
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -65,7 +68,7 @@ def _per_token_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, adv
         r = torch.where(valid, ref_logp - logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (B*G, T)
         kl = r.exp() - r - 1  # (B*G, T), exactly 0 at masked positions (r = 0)
         loss = loss + beta * kl
-        metrics["kl"] = kl.detach().sum() / n.clamp(min=1)
+        metrics["actor/kl"] = kl.detach().sum() / n.clamp(min=1)
     loss = torch.where(valid, loss, 0.0)  # (B*G, T)
 
     with torch.no_grad():
@@ -158,3 +161,22 @@ LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
     "dr_grpo": dr_grpo_loss,
     "dapo": dapo_loss,
 }
+
+# True: the loss is already ÷ the valid tokens of the whole step (every micro-batch, every rank), so micro-batch and
+# rank losses ADD up to the step's. False: each micro-batch is normalised on its own, so the step is their mean.
+GLOBAL_NORMALISER: dict[str, bool] = {"grpo": False, "bnpo": False, "dr_grpo": False, "dapo": True}
+
+
+class Combine(NamedTuple):
+    grad: float    # × the micro-batch loss before backward
+    report: float  # × the micro-batch loss before adding it to the step's reported loss (on this rank)
+    ranks: str     # "sum" | "mean": how the reported loss combines over ranks
+
+
+def combine(name: str, share: float, world: int) -> Combine:
+    """How one micro-batch's loss enters the step, `share` = its sequences / the rank's sequences this step.
+    Global normaliser: losses add up, and × world undoes DDP/FSDP's mean over ranks into the sum it needs.
+    Otherwise: weight by the micro-batch's share (equal-sized micro-batches then average exactly), mean over ranks."""
+    if GLOBAL_NORMALISER[name]:
+        return Combine(grad=float(world), report=1.0, ranks="sum")
+    return Combine(grad=share, report=share, ranks="mean")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import resource
 import sys
 from pathlib import Path
@@ -25,21 +26,65 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+# namespaced key → the documented key it replaced; both are written to metrics.jsonl for one release (then the old
+# names go). Keys not listed (reward/…, judge/…, time/…, tok_per_s/…, skipped/…, loss/clip_frac_…) kept their names.
+ALIASES = {
+    "loss/total": "loss",
+    "actor/entropy": "entropy",
+    "actor/kl": "kl",
+    "actor/lr": "lr",
+    "actor/grad_norm": "grad_norm",
+    "reward/zero_std_frac": "frac_reward_zero_std",
+    "rollout/completion_len": "completion_len",
+    "rollout/truncated_frac": "truncated_frac",
+    "rollout/format_ok": "format_ok",
+    "skipped/steps": "skipped_steps",
+    "memory/peak_gb": "peak_mem_gb",
+    "data/prompts_seen": "prompts_seen",
+}
+
+
+def with_aliases(metrics: dict) -> dict:
+    """`metrics` plus, for each namespaced key present, its old name with the same value."""
+    return {**metrics, **{old: metrics[new] for new, old in ALIASES.items() if new in metrics}}
+
+
+def field(row: dict, key: str):
+    """row[key] under its namespaced name, or under the old one (metrics.jsonl written before the rename)."""
+    return row[key] if key in row else row.get(ALIASES.get(key, key))
+
+
+# the console line, in order: (label, keys, formats); a field whose keys are all absent from a run's metrics is left
+# out (no `kl` at beta = 0: no reference pass); a present key without a value (a skipped step) prints —
+CONSOLE = [
+    ("reward", ("reward/mean", "reward/std"), ("{:.2f}", " ± {:.2f}")),
+    ("zero-std", ("reward/zero_std_frac",), ("{:.2f}",)),
+    ("kl", ("actor/kl",), ("{:.4f}",)),
+    ("loss", ("loss/total",), ("{:+.4f}",)),
+    ("clip", ("loss/clip_frac_low", "loss/clip_frac_high"), ("{:.2f}", "/{:.2f}")),
+    ("ent", ("actor/entropy",), ("{:.2f}",)),
+    ("len", ("rollout/completion_len",), ("{:.0f}",)),
+    ("trunc", ("rollout/truncated_frac",), ("{:.2f}",)),
+    ("tok/s", ("tok_per_s/rollout", "tok_per_s/train"), ("{:,.0f}", "/{:,.0f}")),
+    ("t", ("time/rollout", "time/judge", "time/train"), ("{:.1f}", "+{:.1f}", "+{:.1f}s")),
+    ("mem", ("memory/peak_gb",), ("{:.1f}GB",)),
+]
+
+
 def format_line(step: int, total: int, m: dict) -> str:
     """nanochat-style: `step 00042/00120 | reward 7.41 ± 3.10 | zero-std 0.25 | kl 0.003 | ...`."""
-    def g(key, fmt="{:.3f}"):
-        v = m.get(key)
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
-    return (f"step {step:05d}/{total:05d} | reward {g('reward/mean', '{:.2f}')} ± {g('reward/std', '{:.2f}')}"
-            f" | zero-std {g('frac_reward_zero_std', '{:.2f}')} | kl {g('kl', '{:.4f}')} | loss {g('loss', '{:+.4f}')}"
-            f" | clip {g('loss/clip_frac_low', '{:.2f}')}/{g('loss/clip_frac_high', '{:.2f}')}"
-            f" | ent {g('entropy', '{:.2f}')} | len {g('completion_len', '{:.0f}')} | trunc {g('truncated_frac', '{:.2f}')}"
-            f" | tok/s {g('tok_per_s/rollout', '{:,.0f}')}/{g('tok_per_s/train', '{:,.0f}')}"
-            f" | t {g('time/rollout', '{:.1f}')}+{g('time/judge', '{:.1f}')}+{g('time/train', '{:.1f}')}s"
-            f" | mem {g('peak_mem_gb', '{:.1f}')}GB"
-            + (f" | judge unknown {g('reward/unknown_frac', '{:.2f}')} errors {g('judge/step_errors', '{:.0f}')}"
-               if m.get("reward/unknown_frac") or m.get("judge/step_errors") else "")
-            + (f" | SKIPPED ({m['skipped/reason']})" if m.get("skipped/reason") else ""))
+    def g(key, fmt):  # no value: — in place of the number, the rest of fmt (" ± ", "GB") kept
+        v = field(m, key)
+        return re.sub(r"\{[^}]*\}", "—", fmt) if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+    parts = [f"step {step:05d}/{total:05d}"]
+    for label, keys, fmts in CONSOLE:
+        if any(k in m or ALIASES.get(k) in m for k in keys):
+            parts.append(f"{label} " + "".join(g(k, f) for k, f in zip(keys, fmts)))
+    if m.get("reward/unknown_frac") or m.get("judge/step_errors"):
+        parts.append(f"judge unknown {g('reward/unknown_frac', '{:.2f}')} errors {g('judge/step_errors', '{:.0f}')}")
+    if m.get("skipped/reason"):
+        parts.append(f"SKIPPED ({m['skipped/reason']})")
+    return " | ".join(parts)
 
 
 def finite_or_none(metrics: dict) -> dict:
@@ -98,7 +143,7 @@ class RunLogger(NullLogger):
                 self.write("tensorboard not installed: `pip install tensorboard` to enable --tensorboard")
 
     def log(self, step: int, metrics: dict) -> None:
-        metrics = finite_or_none(metrics)
+        metrics = finite_or_none(with_aliases(metrics))
         self.jsonl.write(json.dumps({"step": step, **metrics}, allow_nan=False) + "\n")
         self.jsonl.flush()
         self.bar.write(format_line(step, self.total, metrics))
@@ -130,8 +175,8 @@ def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
         return
     nan = float("nan")
     steps = [r["step"] for r in rows]
-    mean = [nan if r.get("reward/mean") is None else r["reward/mean"] for r in rows]  # null: no known reward
-    std = [r.get("reward/std") or 0.0 for r in rows]
+    mean = [nan if field(r, "reward/mean") is None else field(r, "reward/mean") for r in rows]  # null: no known reward
+    std = [field(r, "reward/std") or 0.0 for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, mean, label="reward mean", alpha=0.5)
     k = 10  # trailing 10-step average: the trend through per-step noise
@@ -141,7 +186,7 @@ def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax2 = ax.twinx()
-    ax2.plot(steps, [nan if r.get("frac_reward_zero_std") is None else r["frac_reward_zero_std"] for r in rows],
+    ax2.plot(steps, [nan if field(r, "reward/zero_std_frac") is None else field(r, "reward/zero_std_frac") for r in rows],
              color="tab:red", alpha=0.5,
              label="frac zero-std groups")
     ax2.set_ylim(0, 1)

@@ -34,18 +34,18 @@ import torch
 from data import bundled_demo_path, load_samples
 from data.loaders import clip_messages
 from data.format import parse, to_messages
-from grpo import checkpoint, dist
+from grpo import checkpoint, config, dist
 from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
 from grpo import kernels
 from grpo.logprobs import check_kernels, completion_logprobs
-from grpo.loss import LOSSES, logp_gap, truncated_is_weights
+from grpo.loss import LOSSES, combine, logp_gap, truncated_is_weights
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
                         weights_dtype)
-from grpo.rollout import concat_groups, make_engine
-from rewards import REWARDS
-from rewards.functions import rar_implicit
+from grpo.rollout import make_engine
+from grpo.step import keep_varied_groups
+from rewards import needs as reward_needs, score as reward_score
 from rewards.judge import grade_sync, make_judge, rate_sync
 
 
@@ -127,7 +127,8 @@ def main(argv: list) -> None:
                        concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
                        cache_path=str(out / "judge_cache.sqlite")),
     }.get(cfg.judge, {}))
-    reward_names = [cfg.reward] + [r for r in cfg.log_rewards.split(",") if r and r != cfg.reward]
+    reward_names = config.reward_names(cfg)  # the trained one first, then those only logged
+    consumed = {reward_needs(n) for n in reward_names}  # "verdicts" | "rating": which judge calls a step makes
 
     params = [p for p in policy.parameters() if p.requires_grad]  # after sharding: FSDP2 swaps in DTensors
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -192,16 +193,10 @@ def main(argv: list) -> None:
         # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
         questions = [clip_messages(s.prompt, tokenizer, cfg.max_prompt_len) for _, s in picked]
         items = [(questions[b], parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
-        verdicts = grade_sync(judge, items) if any(n != "rar_implicit" for n in reward_names) else None
-        ratings = rate_sync(judge, items) if "rar_implicit" in reward_names else None  # one Likert call per sample
+        verdicts = grade_sync(judge, items) if "verdicts" in consumed else [None] * len(items)
+        ratings = rate_sync(judge, items) if "rating" in consumed else [None] * len(items)  # one Likert call each
         t2 = time.perf_counter()
-
-        def score(name):  # (B_r, G) float32, NaN where the reward is None (judge could not tell) or not finite
-            vals = ([rar_implicit(r) for r in ratings] if name == "rar_implicit" else
-                    [REWARDS[name](rub, met) for (_, _, rub), met in zip(items, verdicts)])
-            vals = [float("nan") if v is None or not math.isfinite(v) else v for v in vals]  # ±inf is no value either
-            return torch.tensor(vals, dtype=torch.float32).view(-1, G)
-        scores = {name: score(name) for name in reward_names}
+        scores = {name: score_tensor(name, items, verdicts, ratings, G) for name in reward_names}
         well_formed = torch.tensor([p.well_formed for p in parsed], dtype=torch.float32)
         return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item(),
                               "rollout_tokens": roll.completion_mask.sum()}  # sampled, kept or not
@@ -211,22 +206,9 @@ def main(argv: list) -> None:
         # ---- rollout + judge; DAPO dynamic sampling swaps zero-variance groups for fresh prompts ----
         roll, scores, extra = rollout_and_score(next_prompts())
         frac_zero = frac_zero_std(scores[cfg.reward])
-        if cfg.dynamic_sampling:  # groups as (rollouts, scores, index); varied first, zero-variance fillers last
-            zero = zero_std_groups(scores[cfg.reward]).tolist()
-            varied = [(roll, scores, b) for b in range(B_r) if not zero[b]]
-            fillers = [(roll, scores, b) for b in range(B_r) if zero[b]]
-            for _ in range(cfg.max_resample_rounds):
-                if not dist.all_reduce_sum(torch.tensor(float(len(varied) < B_r))).item():  # sync: all ranks agree
-                    break
-                r2, s2, e2 = rollout_and_score(next_prompts())
-                extra["time/rollout"] += e2["time/rollout"]  # every round's sampling and judging counts
-                extra["time/judge"] += e2["time/judge"]
-                extra["rollout_tokens"] = extra["rollout_tokens"] + e2["rollout_tokens"]
-                zero = zero_std_groups(s2[cfg.reward]).tolist()
-                varied += [(r2, s2, b) for b in range(B_r) if not zero[b]]
-            pool = (varied + fillers)[:B_r]  # fillers only if rounds ran out; their advantage is 0
-            roll = concat_groups([(r, b) for r, _, b in pool], tokenizer.pad_token_id)
-            scores = {k: torch.stack([s[k][b] for _, s, b in pool]) for k in scores}
+        if cfg.dynamic_sampling:  # zero-variance groups swapped for fresh prompts' varied ones (grpo/step.py)
+            roll, scores, extra = keep_varied_groups((roll, scores, extra), lambda: rollout_and_score(next_prompts()),
+                                                     cfg.reward, cfg.max_resample_rounds, tokenizer.pad_token_id)
             extra["dynamic/zero_std_after"] = frac_zero_std(scores[cfg.reward])
         rewards = scores[cfg.reward]                                              # (B_r, G), NaN = unknown
         gathered = {k: dist.all_gather_cat(v) for k, v in scores.items()}        # each (B, G), all ranks
@@ -261,7 +243,8 @@ def main(argv: list) -> None:
 
         # ---- μ optimizer updates on this batch, gradient accumulation over micro-batches ----
         num_tokens = dist.all_reduce_sum(cmask.sum().float())  # dapo: tokens of the whole step, all ranks
-        sums, summed = {}, {"loss/tokens", *TOKEN_MEANS}  # summed over ranks below; the rest are means over ranks
+        sums = {}  # the keys in `summed` add up over ranks below; the rest are means over ranks
+        summed = {"loss/tokens", *TOKEN_MEANS, *(("loss/total",) if combine(cfg.loss, 1.0, world).ranks == "sum" else ())}
         grad_norm, reason = float("nan"), "no_signal" if no_signal else None
         for _ in range(0 if no_signal else cfg.num_iterations):
             for i, c in enumerate(chunks):
@@ -278,16 +261,14 @@ def main(argv: list) -> None:
                                       eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
                                       max_len=cfg.max_new_tokens, num_tokens=num_tokens, token_weights=is_w)
                     m.update(gap)
-                    # the others are means: weight micro-batches by size; dapo is already ÷ the global token count, so
-                    # its micro-batches add up, and × world undoes DDP/FSDP's mean over ranks into the sum it needs
                     w = (c.stop - c.start) / S
-                    scale = world if cfg.loss == "dapo" else w
-                    (loss * scale).backward()
-                sums["loss"] = sums.get("loss", 0.0) + (loss * (1.0 if cfg.loss == "dapo" else w)).detach()
+                    part = combine(cfg.loss, w, world)  # the loss's own normaliser says how micro-batches add up
+                    (loss * part.grad).backward()
+                sums["loss/total"] = sums.get("loss/total", 0.0) + (loss * part.report).detach()
                 # per-token means (entropy, kl, clip fractions) weighted by this micro-batch's share of the step's
                 # tokens on all ranks, counts added: the step's values equal one pass over the whole global batch
                 w_tok = cmask[c].sum() / num_tokens.clamp(min=1)
-                for k, v in {"entropy": entropy, **m}.items():
+                for k, v in {"actor/entropy": entropy, **m}.items():
                     weight = w_tok if k in TOKEN_MEANS else 1.0 if k == "loss/tokens" else w
                     sums[k] = sums.get(k, 0.0) + v.detach() * weight
             grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
@@ -303,35 +284,33 @@ def main(argv: list) -> None:
         # ---- metrics: reduce over ranks once (one host sync), log on rank 0, checkpoint ----
         n_upd = cfg.num_iterations
         stats = {k: v / n_upd for k, v in sums.items()}  # averages over the μ updates
-        stats.update({"completion_len": roll.completion_mask.sum(-1).float().mean(),
-                      "truncated_frac": roll.truncated.float().mean(), "format_ok": extra["format_ok"]})
+        stats.update({"rollout/completion_len": roll.completion_mask.sum(-1).float().mean(),
+                      "rollout/truncated_frac": roll.truncated.float().mean(), "rollout/format_ok": extra["format_ok"]})
         reduced = dist.all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in stats.values()]))
-        metrics = {k: v if k in summed else v / world for k, v in zip(stats, reduced.tolist())}  # means over ranks…
-        if cfg.loss == "dapo" and "loss" in metrics:
-            metrics["loss"] *= world  # …except dapo's loss, already ÷ the global token count: a sum over ranks
+        metrics = {k: v if k in summed else v / world for k, v in zip(stats, reduced.tolist())}  # sums, else means
         finite = all_rewards[~torch.isnan(all_rewards)]
         metrics.update({
             "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
             "reward/std": finite.std().item() if finite.numel() > 1 else 0.0,
             "reward/unknown_frac": unknown_frac,  # None or non-finite rewards, over every rank
-            "frac_reward_zero_std": frac_zero,
+            "reward/zero_std_frac": frac_zero,
             **{f"reward/{k}/mean": float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")
                for k, v in gathered.items()},
-            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped_steps": skipped, **skips,
+            "actor/lr": scheduler.get_last_lr()[0], "actor/grad_norm": grad_norm, "skipped/steps": skipped, **skips,
             **({"skipped/reason": reason} if reason else {}),
             "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
             "time/step": t_end - t_step,
             "tok_per_s/rollout": extra["rollout_tokens"].item() * world / max(extra["time/rollout"], 1e-9),
             # completion tokens through a forward: μ policy passes (+ backward), + old (μ > 1), + reference (β > 0)
             "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
-            "peak_mem_gb": peak_memory_gb(device), "prompts_seen": cursor,
+            "memory/peak_gb": peak_memory_gb(device), "data/prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
             **{k: float(v) for k, v in engine.stats.items()},  # a served engine's request counts
             "judge/step_errors": judge.stats().get("judge/errors", 0.0) - judge_errors,  # rank 0's failed requests
             **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
         })
         if no_signal:  # nothing was trained: no loss, KL or training throughput to report (null, not 0)
-            metrics.update({"loss": None, **({"kl": None} if cfg.beta > 0 else {}), "tok_per_s/train": None})
+            metrics.update({"loss/total": None, **({"actor/kl": None} if cfg.beta > 0 else {}), "tok_per_s/train": None})
         judge_errors = metrics["judge/step_errors"] + judge_errors
         log.log(step, metrics)
         if cfg.max_unknown_steps and unknown_run >= cfg.max_unknown_steps:  # before saving: the last checkpoint stands
@@ -349,9 +328,16 @@ def main(argv: list) -> None:
     dist.close()
 
 
+def score_tensor(name: str, items: list, verdicts: list, ratings: list, G: int) -> torch.Tensor:
+    """(B_r, G) float32 reward `name` of each sample, NaN where it is None (the judge could not tell) or not finite."""
+    vals = [reward_score(name, rubric, met, rating) for (_, _, rubric), met, rating in zip(items, verdicts, ratings)]
+    vals = [float("nan") if v is None or not math.isfinite(v) else v for v in vals]  # ±inf is no value either
+    return torch.tensor(vals, dtype=torch.float32).view(-1, G)
+
+
 # loss metrics that are means over tokens (the rest: over sequences); rollout/logp_gap_max is the mean of the
 # micro-batches' maxima, exact with one micro-batch
-TOKEN_MEANS = {"entropy", "kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "rollout/logp_gap_mean"}
+TOKEN_MEANS = {"actor/entropy", "actor/kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "rollout/logp_gap_mean"}
 
 
 def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:

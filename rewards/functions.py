@@ -14,6 +14,11 @@ the sample (a failed judge call must never read as a bad answer). Over the known
 
 Zero-point criteria count in none of the sums. Sums use math.fsum (correctly rounded), so every reward is exactly
 invariant to the order of the criteria. Constants are keyword parameters whose defaults are the paper's.
+
+Registry: `REWARDS` maps a name to fn(rubric, verdicts) (the judge's grade mode, one verdict per criterion);
+`RATING_REWARDS` maps a name to fn(rating) (its rate mode, one 1–10 Likert number per response: rar_implicit).
+`needs(name)` says which judge output a reward consumes and `score(...)` computes any of them, so the loop and the
+config ask the registry instead of comparing names.
 """
 from __future__ import annotations
 
@@ -131,3 +136,27 @@ REWARDS: dict[str, Callable[[Rubric, Verdicts], "float | None"]] = {
     "rar_explicit": rar_explicit,
     "healthbench": healthbench,
 }
+
+RATING_REWARDS: dict[str, Callable[[float | None], "float | None"]] = {
+    "rar_implicit": rar_implicit,
+}
+
+
+def reward_names() -> list[str]:
+    """Every reward the trainer can use, verdict-based then rating-based."""
+    return sorted(REWARDS) + sorted(RATING_REWARDS)
+
+
+def needs(name: str) -> str:
+    """The judge output reward `name` consumes: "verdicts" (judge.grade) or "rating" (judge.rate)."""
+    if name in RATING_REWARDS:
+        return "rating"
+    if name in REWARDS:
+        return "verdicts"
+    raise ValueError(f"reward {name!r} unknown; choose from {reward_names()}")
+
+
+def score(name: str, rubric: Rubric, verdicts: Verdicts | None, rating: float | None) -> float | None:
+    """Reward `name` of one response from the judge output it consumes (the other may be None)."""
+    # looked up at call time, so a test that swaps REWARDS[name] is heard
+    return RATING_REWARDS[name](rating) if needs(name) == "rating" else REWARDS[name](rubric, verdicts)

@@ -88,3 +88,20 @@ def test_lr_schedule_warmup_then_linear_decay():
     assert [f(10), f(55), f(100)] == pytest.approx([1.0, 0.5, 0.0])
     cfg.schedule = "cosine"
     assert lr_lambda(cfg, 100)(55) == pytest.approx(0.5)
+
+
+def test_reward_names_parse_log_rewards_once_trained_reward_first():
+    from grpo.config import reward_names
+    cfg = parse_args(["--reward=rar_explicit", "--log_rewards=healthbench, hybrid,,rar_explicit,healthbench"])
+    assert reward_names(cfg) == ("rar_explicit", "healthbench", "hybrid")  # blanks and repeats dropped, order kept
+    assert reward_names(parse_args(["--log_rewards="])) == ("hybrid",)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--log_rewards=healthbench,nope"], r"reward 'nope' unknown; choose from \[.*'rar_implicit'\]"),
+    (["--reward=rar_implicit"], "rar_implicit needs a rating judge: use --judge=openai"),
+    (["--log_rewards=rar_implicit", "--judge=local"], "rar_implicit needs a rating judge"),
+])
+def test_rewards_are_checked_through_the_registry(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)

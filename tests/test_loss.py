@@ -50,7 +50,7 @@ def reference_loss(variant, logp, old, ref, adv, mask, eps_low, eps_high, beta, 
     metrics = {"loss/clip_frac_low": low / max(n, 1), "loss/clip_frac_high": high / max(n, 1),
                "loss/ratio_mean": sum(ratios) / max(n, 1), "loss/tokens": float(n)}
     if beta > 0:
-        metrics["kl"] = sum(kls) / max(n, 1)
+        metrics["actor/kl"] = sum(kls) / max(n, 1)
     return value, metrics
 
 
@@ -147,7 +147,7 @@ def test_kl_k3_hand_computed(log_r, want):
     logp = torch.tensor([[-1.0]], dtype=F64)
     loss, m = LOSSES["grpo"](logp, logp, logp + log_r, torch.zeros(1, dtype=F64), torch.ones(1, 1, dtype=bool),
                              **CLIP, beta=0.1)
-    assert m["kl"].item() == pytest.approx(want, rel=1e-12)
+    assert m["actor/kl"].item() == pytest.approx(want, rel=1e-12)
     assert loss.item() == pytest.approx(0.1 * want, rel=1e-12)
 
 
@@ -160,7 +160,7 @@ def test_kl_k3_is_unbiased_for_kl_under_policy_samples():
     ref = torch.tensor([[math.log(pi_ref[k]) for k in tokens]], dtype=F64)
     _, m = LOSSES["bnpo"](logp, logp, ref, torch.zeros(1, dtype=F64), torch.ones(1, 4, dtype=bool), **CLIP, beta=1.0)
     kl = sum(p * math.log(p / q) for p, q in zip(pi, pi_ref))
-    assert m["kl"].item() == pytest.approx(kl, rel=1e-12)
+    assert m["actor/kl"].item() == pytest.approx(kl, rel=1e-12)
 
 
 @given(st.lists(st.tuples(st.floats(-15, 0), st.floats(-15, 0)), min_size=1, max_size=8))
@@ -169,10 +169,10 @@ def test_kl_k3_nonnegative_and_zero_at_reference(pairs):
     ref = torch.tensor([[q for _, q in pairs]], dtype=F64)
     mask, zero = torch.ones_like(ref, dtype=torch.bool), torch.zeros(1, dtype=F64)
     loss, m = LOSSES["bnpo"](logp, logp.detach(), ref, zero, mask, **CLIP, beta=1.0)
-    assert m["kl"].item() >= 0 and loss.item() >= 0
+    assert m["actor/kl"].item() >= 0 and loss.item() >= 0
     loss, m = LOSSES["bnpo"](logp, logp.detach(), logp.detach(), zero, mask, **CLIP, beta=1.0)
     loss.backward()
-    assert m["kl"].item() == 0.0 and loss.item() == 0.0
+    assert m["actor/kl"].item() == 0.0 and loss.item() == 0.0
     assert torch.equal(logp.grad, torch.zeros_like(logp))  # k3'(0) = 0: no pull at the reference
 
 
@@ -240,7 +240,7 @@ def test_metrics_are_detached_scalars_and_kl_only_with_beta():
     _, m0 = call("dapo", logp, old, None, adv, mask, beta=0.0)
     _, m1 = call("dapo", logp, old, ref, adv, mask, beta=0.1)
     assert set(m0) == {"loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "loss/tokens"}
-    assert set(m1) == set(m0) | {"kl"}
+    assert set(m1) == set(m0) | {"actor/kl"}
     assert all(v.dim() == 0 and not v.requires_grad for v in m1.values())
 
 
@@ -363,3 +363,36 @@ def test_truncated_importance_weights_scale_the_surrogate_not_the_kl():
         assert ones.item() == plain.item(), name
     with pytest.raises(ValueError, match="cap"):
         truncated_is_weights(logp, sampler, mask, cap=0)
+
+
+@pytest.mark.parametrize("variant, kw", [("dapo", {}), ("dr_grpo", {"max_len": 8}), ("grpo", {})])
+@pytest.mark.parametrize("world", [1, 3])
+def test_combine_weights_give_the_full_batch_on_any_world(variant, kw, world):
+    """What the loop does with `combine`: each rank backprops Σ_c combine.grad · loss_c, DDP averages the ranks'
+    gradients, and the reported loss adds combine.report · loss_c, then sums or averages over ranks. Both must equal
+    one pass over the whole batch (here: 3 micro-batches of 2 sequences, split over `world` ranks)."""
+    from grpo.loss import combine
+    grad, micro, total = accumulation_setup()
+    full_loss, full_grad = grad(variant, slice(None), **kw)
+    per_rank = {1: [micro], 3: [[m] for m in micro]}[world]  # world 3: one micro-batch per rank
+    if variant == "dapo":
+        kw = {"num_tokens": total}
+    rank_grads, rank_losses = [], []
+    for chunks in per_rank:
+        n = sum(c.stop - c.start for c in chunks)
+        g_sum, l_sum = 0.0, 0.0
+        for c in chunks:
+            w = combine(variant, (c.stop - c.start) / n, world)
+            loss, g = grad(variant, c, w.grad, **kw)
+            g_sum, l_sum = g_sum + g, l_sum + loss * w.report
+        rank_grads.append(g_sum)
+        rank_losses.append(l_sum)
+    torch.testing.assert_close(sum(rank_grads) / world, full_grad, rtol=1e-12, atol=1e-14)  # DDP: mean of ranks
+    ranks = combine(variant, 1.0, world).ranks
+    reported = sum(rank_losses) if ranks == "sum" else sum(rank_losses) / world
+    assert reported.item() == pytest.approx(full_loss.item(), rel=1e-12)
+
+
+def test_every_loss_declares_its_normaliser():
+    from grpo.loss import GLOBAL_NORMALISER
+    assert set(GLOBAL_NORMALISER) == set(LOSSES) and GLOBAL_NORMALISER["dapo"] and not GLOBAL_NORMALISER["grpo"]

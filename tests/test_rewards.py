@@ -99,3 +99,16 @@ def test_reward_variance_bench_runs(tmp_path):
         assert all(0.0 <= v <= 1.0 for v in by_rate.values())
     # pass rate 1.0 ⇒ no pitfall ever triggered: every sample is perfect on what is known, no group has spread
     assert set(result["frac_zero_std_by_pass_rate"]["1.0"].values()) == {1.0}
+
+
+def test_registry_says_what_judge_output_each_reward_consumes():
+    from rewards import RATING_REWARDS, needs, reward_names, score
+    assert {n: needs(n) for n in reward_names()} == {"complexity": "verdicts", "healthbench": "verdicts",
+                                                     "hybrid": "verdicts", "rar_explicit": "verdicts",
+                                                     "rar_implicit": "rating"}
+    assert set(RATING_REWARDS).isdisjoint(REWARDS)
+    rubric = Rubric([Criterion("a", 5), Criterion("b", 3), Criterion("harm", -2)])
+    assert score("healthbench", rubric, [True, False, False], None) == 5 / 8  # verdicts read, rating ignored
+    assert score("rar_implicit", rubric, None, 7) == 6 / 9                   # rating read, verdicts ignored
+    with pytest.raises(ValueError, match="reward 'nope' unknown"):
+        needs("nope")
