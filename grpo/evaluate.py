@@ -55,21 +55,37 @@ def select(samples, *, heart_only: bool = False, n: int | None = None, seed: int
 
 
 class PolicyResponder:
-    """Responses from a local HF model (± LoRA adapter) through the training loop's own `grpo.rollout.generate`.
-    Row i of the evaluation set is sampled with noise keyed by (seed, i), so a resumed run writes the same text."""
+    """Responses from a local HF model (± LoRA adapter) through the training loop's own rollout engine (`engine`:
+    a grpo.rollout.ENGINES name; the static-cache one by default). Row i of the evaluation set is sampled with noise
+    keyed by (seed, i), so a resumed run writes the same text, and the batch it was decoded in does not matter."""
 
-    def __init__(self, model_path: str, *, adapter=None, max_new_tokens=512, temperature=0.0, seed=0):
+    def __init__(self, model_path: str, *, adapter=None, max_new_tokens=512, temperature=0.0, seed=0,
+                 engine="local"):
         from grpo.model import load_model
+        from grpo.rollout import make_engine
         self.model, self.tok = load_model(model_path, adapter=adapter)
+        self.engine = make_engine(engine)
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
     async def __call__(self, samples, offsets) -> list[tuple[str, bool]]:
-        from grpo.rollout import generate
         out = []
-        for s, i in zip(samples, offsets):  # one row per call: the offset keys the noise by example index
-            r = generate(self.model, self.tok, [to_messages(s)], seq_offset=i, **self.kw)
-            out.append((r.texts[0], bool(r.truncated[0])))  # sync: per example, to write its line
+        for run in consecutive_runs(list(offsets)):  # one decode per run: seq_offset keys row r as run[0] + r
+            r = self.engine.generate(self.model, self.tok, [to_messages(samples[j]) for j in run],
+                                     seq_offset=offsets[run[0]], **self.kw)
+            out += [(text, bool(cut)) for text, cut in zip(r.texts, r.truncated.tolist())]
         return out
+
+
+def consecutive_runs(offsets: list) -> list:
+    """Positions of `offsets` grouped into runs of consecutive values: [3, 4, 5, 9, 10] → [[0, 1, 2], [3, 4]].
+    A resumed evaluation skips the rows already written, so a batch's offsets can have gaps."""
+    runs = []
+    for j, o in enumerate(offsets):
+        if runs and offsets[runs[-1][-1]] + 1 == o:
+            runs[-1].append(j)
+        else:
+            runs.append([j])
+    return runs
 
 
 class ApiResponder:

@@ -223,3 +223,31 @@ def test_local_judge_reuses_the_policy_or_loads_its_own(tiny_path, tmp_path):
         build_judge(args, ApiResponder("m", client=object()))
     with pytest.raises(SystemExit, match="--judge openai or local"):
         build_judge(argparse.Namespace(judge="keyword", judge_model="gpt-4.1", judge_base_url=None), policy)
+
+
+def test_consecutive_runs_split_at_gaps():
+    from grpo.evaluate import consecutive_runs
+    assert consecutive_runs([3, 4, 5, 9, 10]) == [[0, 1, 2], [3, 4]]
+    assert consecutive_runs([0]) == [[0]] and consecutive_runs([]) == []
+    assert consecutive_runs([7, 5, 6]) == [[0], [1, 2]]
+
+
+def test_policy_decodes_a_batch_at_once_with_the_tokens_of_one_row_at_a_time(tiny):
+    """Evaluation decodes each batch through the static engine in one call (runs of consecutive rows); every row
+    must still get the text the eager reference gives it alone, keyed by its own index (a resumed run's gaps too)."""
+    from grpo.evaluate import to_messages
+    from grpo.rollout import make_engine
+    samples = load_samples(bundled_demo_path())[:5]
+    offsets = [0, 1, 2, 6, 7]  # rows 3-5 already written: two runs
+    calls = []
+    engine_generate = tiny.engine.generate
+    tiny.engine.generate = lambda *a, **kw: calls.append(len(a[2])) or engine_generate(*a, **kw)
+    try:
+        got = asyncio.run(tiny(samples, offsets))
+    finally:
+        del tiny.engine.generate
+    assert calls == [3, 2]
+    eager = make_engine("eager")
+    for s, i, (text, cut) in zip(samples, offsets, got):
+        r = eager.generate(tiny.model, tiny.tok, [to_messages(s)], seq_offset=i, **tiny.kw)
+        assert (text, cut) == (r.texts[0], bool(r.truncated[0])), i
