@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data import bundled_demo_path, load_samples
+from data import is_heart, load_samples, resolve_data_path
 from data.format import parse, to_messages
 from grpo import eval_stats as S
 
@@ -47,7 +47,7 @@ PRESETS = {"paper": dict(heart_only=True, n=500, seed=0)}
 def select(samples, *, heart_only: bool = False, n: int | None = None, seed: int = 0) -> list:
     """The evaluation set: optionally only heart-related samples, then `n` of them drawn with `seed`, in file order."""
     if heart_only:
-        samples = [s for s in samples if any(t.startswith("heart:") for t in s.tags)]
+        samples = [s for s in samples if is_heart(s)]
     if n is not None and n < len(samples):
         keep = set(random.Random(seed).sample(range(len(samples)), n))
         samples = [s for i, s in enumerate(samples) if i in keep]
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     if args.compare:
         compare(args.compare, args.out)
         return 0
-    samples = load_samples(bundled_demo_path() if args.data == "demo" else args.data)
+    samples = load_samples(resolve_data_path(args.data))
     samples = select(samples, heart_only=args.heart_only, n=args.n, seed=args.seed)[: args.limit]
     if not samples:
         raise SystemExit(f"{args.data}: no examples selected (check --heart-only / --n)")

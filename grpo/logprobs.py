@@ -114,6 +114,20 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return (logp, entropy) if with_entropy else logp
 
 
+class PolicyLogprobs(torch.nn.Module):
+    """The policy as one module whose forward is the completion log-probs (decoder + fused head). Wrapping *this*
+    in DDP or FSDP2 (grpo/dist.py parallelize) puts their hooks around exactly what the loss differentiates; the HF
+    model's own forward would build the (tokens × vocab) logits we avoid."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_mask, *, temperature=1.0, impl="fused", with_entropy=False):
+        return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, temperature=temperature,
+                                   impl=impl, with_entropy=with_entropy)
+
+
 def check_kernels(head_weight: torch.Tensor, *, temperature: float = 1.0, n: int = 64, tol: float = 2e-3) -> dict:
     """Start-up self-check: the Triton path against the chunked torch path on n random rows at the model's own head
     shape and dtype, forward and backward (a few ms). Raises with the way out (`--logprob_impl reference`) instead of

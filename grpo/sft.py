@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `torchrun grpo/sft.py` puts grpo/ first on sys.
 import torch
 from tqdm import tqdm
 
-from data import bundled_demo_path, load_samples
+from data import load_samples, resolve_data_path
 from data.format import format_target, to_messages
 from grpo import dist
 from grpo.config import parse_args
@@ -89,7 +89,7 @@ def main(argv: list) -> None:
                      usage="usage: torchrun grpo/sft.py [--key=value ...]")
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
-    samples = [s for s in load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data) if s.reference]
+    samples = [s for s in load_samples(resolve_data_path(cfg.data)) if s.reference]
     if not samples:
         raise SystemExit(f"{cfg.data}: no sample has a reference answer to train on")
     traces = {}

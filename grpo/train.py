@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `torchrun grpo/train.py` puts grpo/ first on sy
 import numpy as np
 import torch
 
-from data import bundled_demo_path, load_samples
+from data import load_samples, resolve_data_path
 from data.loaders import clip_messages
 from data.format import parse, to_messages
 from grpo import checkpoint, dist
@@ -107,7 +107,7 @@ def main(argv: list) -> None:
     engine = make_engine(name, **({"base_url": cfg.rollout_base_url, "model": cfg.rollout_model,
                                    "adapter_dir": str(out / "adapters")} if cfg.rollout == "server" else {}))
     engine.check()
-    samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
+    samples = load_samples(resolve_data_path(cfg.data))
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)
     if cfg.init_adapter and cfg.full_finetune:  # train every weight of the SFT model; its frozen copy is the reference
         model = merge_adapter(model, cfg.init_adapter)

@@ -15,7 +15,7 @@ from rewards.functions import rar_implicit
 from rewards.judge import KeywordJudge, grade_sync, keyword_verdict, keywords, make_judge, rate_sync
 from rewards.judge_prompts import parse_completion, parse_criterion, parse_rating
 from rewards.openai_judge import JudgeConfigError, OpenAIJudge
-from rewards.testing_server import LoopbackJudgeServer
+from tests.loopback import LoopbackJudgeServer
 
 Q = [{"role": "user", "content": "I have crushing chest pain. What should I do?"}]
 
