@@ -4,10 +4,13 @@
 
 Only completion positions reach the LM head: the decoder runs on the whole sequence, then hidden states at the
 positions that predict completion tokens are gathered ((N, H), N = valid completion tokens) and handed to
-`kernels.linear_logprobs`, which never builds the (N, V) logits. `impl` picks the path for benchmarks:
+`kernels.linear_logprobs`, which never builds the (N, V) logits. `impl` (`--logprob_impl`, the memory planner's
+`logprob_impl`) picks the head path — one vocabulary, IMPLS:
   fused     — kernels.linear_logprobs(hidden, W)            memory O(N·H)
   selective — lm_head(hidden) then kernels.selective_logprobs   (N, V) logits, no (N, V) log-softmax
   reference — lm_head, fp32 log_softmax, gather            (N, V) logits + (N, V) fp32 — what TRL does
+The kernels' own `impl="auto" | "triton" | "torch"` is a different axis: which backend runs a kernel (Triton on
+CUDA, the chunked torch path elsewhere), chosen per call by grpo/kernels; fused and selective use "auto".
 
 Shared prompts. GRPO scores G completions of each prompt, so every prompt row appears G times. The prompt's
 activations do not depend on its completion (causal attention), so by default the decoder runs the prompt once per
