@@ -64,8 +64,8 @@ class TrainConfig:
     reward: str = field(default="hybrid", metadata={"help": "hybrid | complexity | rar_explicit | healthbench | rar_implicit"})
     log_rewards: str = field(default="healthbench", metadata={"help": "extra rewards logged (not trained on), comma list"})
     judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local (policy, LoRA off)"})
-    judge_model: str = field(default="", metadata={"help": "judge model name (openai judge)"})
-    judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
+    judge_model: str | None = field(default=None, metadata={"help": "judge model name (openai judge)"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
     judge_mode: str = field(default="per_completion", metadata={"help": "openai judge: per_completion | per_criterion"})
     judge_concurrency: int = field(default=16, metadata={"help": "openai judge: requests in flight, max"})
     judge_timeout: float = field(default=30.0, metadata={"help": "openai judge: seconds per request attempt before "
@@ -114,7 +114,8 @@ def _coerce(name: str, typ, raw: str):
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"--{name} expects true/false, got {raw!r}")
-    conv = {"int": int, "float": float, "str": str}.get(typ if isinstance(typ, str) else typ.__name__, str)
+    typ = typ.removesuffix(" | None") if isinstance(typ, str) else typ.__name__  # an optional field takes its type
+    conv = {"int": int, "float": float, "str": str}.get(typ, str)
     try:
         return conv(raw)
     except ValueError:
@@ -301,14 +302,14 @@ class EvalConfig:
     data: str = field(default="demo", metadata={"help": "samples file (HealthBench / RaR / heart JSONL); 'demo' = bundled"})
     out: str = field(default="runs/eval", metadata={"help": "output directory (results.jsonl resumes)"})
     heart_only: bool = field(default=False, metadata={"help": "only heart-related samples (lexicon filter tags)"})
-    n: int = field(default=0, metadata={"help": "draw this many examples with --seed (0 = all)"})
-    limit: int = field(default=0, metadata={"help": "stop after the first N selected examples (0 = all)"})
+    n: int | None = field(default=None, metadata={"help": "draw this many examples (with --seed)"})
+    limit: int | None = field(default=None, metadata={"help": "stop after the first N selected examples"})
     seed: int = field(default=0, metadata={"help": "seed of the subset draw and of sampling"})
     # Policy
     model: str = field(default="tiny", metadata={"help": "HF dir or hub id; 'tiny' = the locally built toy model"})
-    adapter: str = field(default="", metadata={"help": "PEFT adapter directory (trained policy)"})
-    api_model: str = field(default="", metadata={"help": "evaluate this OpenAI-compatible model instead of --model"})
-    api_base_url: str = field(default="", metadata={"help": "endpoint of --api_model"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory (trained policy)"})
+    api_model: str | None = field(default=None, metadata={"help": "evaluate this OpenAI-compatible model instead of --model"})
+    api_base_url: str | None = field(default=None, metadata={"help": "endpoint of --api_model"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env variable with the endpoint's key"})
     max_new_tokens: int = field(default=512, metadata={"help": "response length limit, tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
@@ -317,10 +318,10 @@ class EvalConfig:
     # Judge
     judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai (any OpenAI-compatible "
                                                             "server) | local (a transformers model)"})
-    judge_model: str = field(default="", metadata={"help": "openai: model name (default gpt-4.1-2025-04-14, "
+    judge_model: str | None = field(default=None, metadata={"help": "openai: model name (default gpt-4.1-2025-04-14, "
                                                            "HealthBench's grader); local: HF dir or hub id (default: "
                                                            "the policy itself)"})
-    judge_base_url: str = field(default="", metadata={"help": "judge endpoint (openai judge)"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "judge endpoint (openai judge)"})
     judge_mode: str = field(default="per_criterion", metadata={"help": "openai judge: per_criterion (HealthBench's "
                                                                        "grader) | per_completion (cheaper approximation)"})
     # Report
@@ -343,7 +344,7 @@ def validate_eval(cfg: EvalConfig) -> None:
     if cfg.judge_mode not in ("per_criterion", "per_completion"):
         raise ValueError(f"--judge_mode={cfg.judge_mode} must be per_criterion | per_completion")
     for name in ("n", "limit", "bootstrap"):
-        if getattr(cfg, name) < 0:
+        if (getattr(cfg, name) or 0) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("max_new_tokens", "batch_size", "concurrency"):
         if getattr(cfg, name) < 1:

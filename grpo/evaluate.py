@@ -312,18 +312,18 @@ def main(argv=None) -> int:
         compare(args.compare, args.out)
         return 0
     samples = load_samples(resolve_data_path(args.data))
-    samples = select(samples, heart_only=args.heart_only, n=args.n or None, seed=args.seed)[: args.limit or None]
+    samples = select(samples, heart_only=args.heart_only, n=args.n, seed=args.seed)[: args.limit]
     if not samples:
         raise SystemExit(f"{args.data}: no examples selected (check --heart-only / --n)")
     if args.judge == "local" and args.api_model and not args.judge_model:
         build_judge(args, None)  # its one-line error, before anything loads
     judge = None if args.judge == "local" else build_judge(args, None)  # a judge error shows before the policy loads
     if args.api_model:
-        responder = ApiResponder(args.api_model, base_url=args.api_base_url or None, api_key_env=args.api_key_env,
+        responder = ApiResponder(args.api_model, base_url=args.api_base_url, api_key_env=args.api_key_env,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  concurrency=args.concurrency)
     else:
-        responder = PolicyResponder(args.model, adapter=args.adapter or None, max_new_tokens=args.max_new_tokens,
+        responder = PolicyResponder(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, seed=args.seed)
     judge = judge or build_judge(args, responder)
     records = asyncio.run(run(samples, responder, judge, args.out, batch_size=args.batch_size,

@@ -129,22 +129,3 @@ def test_documented_command_runs(where, cmd, workdir, monkeypatch, capsys):
     else:
         assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
 
-
-def _eval_commands(text: str) -> list[list]:
-    """`python -m grpo.evaluate ...` lines of a docstring, continuations joined, as argv lists."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    return [shlex.split(line.split("python -m grpo.evaluate", 1)[1], comments=True)
-            for line in joined.splitlines() if "python -m grpo.evaluate" in line]
-
-
-def test_documented_evaluate_commands_parse():
-    """Every grpo.evaluate command its docstring shows is accepted by the one parser (grpo/config.py EvalConfig),
-    flags with dashes as written; running them is tests/test_evaluate.py's job (the paper preset needs real data)."""
-    import grpo.evaluate
-    from grpo.config import EvalConfig, parse_args
-    cmds = _eval_commands(grpo.evaluate.__doc__)
-    assert len(cmds) >= 5 and any("--compare" in c for c in cmds) and any("--preset" in c for c in cmds)
-    for argv in cmds:
-        cfg = parse_args(argv, EvalConfig)
-        assert cfg.out == argv[argv.index("--out") + 1]
-    assert parse_args(cmds[-1], EvalConfig).compare == ["runs/eval-base", "runs/eval-hybrid"]
