@@ -26,7 +26,7 @@ they equal the trainer's up to float rounding when no filter is active. Adapters
 peft.PeftModel.from_pretrained, as vLLM reads them (adapter_config.json + adapter_model.safetensors).
 
 faults(route, key, attempt) -> name scripts replies: "500" | "reset" | "slow" | "truncated_body" as in
-tests/loopback.py, plus "bad_tokens" (an id outside the vocabulary), "short" (one choice fewer than n),
+rewards/testing_server.py, plus "bad_tokens" (an id outside the vocabulary), "short" (one choice fewer than n),
 "abort" (finish_reason "abort").
 """
 from __future__ import annotations
