@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     # the server runs in its own process: in-process server threads would compete with the judge for the GIL
-    proc = subprocess.Popen([sys.executable, "-m", "rewards.testing_server", "--latency", str(args.latency)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.loopback", "--latency", str(args.latency)],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         url = proc.stdout.readline().strip()

@@ -140,7 +140,7 @@ class Ours:
             with record_function("train/ref_logp"), torch.no_grad(), self.reference.active() as ref_model:
                 ref_logp = completion_logprobs(ref_model, input_ids, attn, cmask, impl=a.logprob_impl,
                                                share_prompt=self.share_prompt)                     # (B*G, T)
-        with record_function("train/policy_fwd"):  # train.py calls this through dist.PolicyLogprobs (a thin wrapper)
+        with record_function("train/policy_fwd"):  # train.py calls this through logprobs.PolicyLogprobs (a thin wrapper)
             logp, entropy = completion_logprobs(self.model, input_ids, attn, cmask, impl=a.logprob_impl,
                                                 with_entropy=True, share_prompt=self.share_prompt)  # (B*G, T)
             loss, _ = LOSSES["grpo"](logp, logp.detach(), ref_logp, advantages, cmask, eps_low=0.2, eps_high=0.2,

@@ -9,7 +9,7 @@ Both modes run through the real OpenAIJudge and `openai` client. Graded response
 (HealthBench's ideal completion, RaR-Medicine's reference answer) and, when longer, the same answer cut to its
 first 300 characters, a weaker answer, so scores spread.
 
-With no --model the judge is SIMULATED by the loopback server (rewards/testing_server.py), no LLM anywhere:
+With no --model the judge is SIMULATED by the loopback server (tests/loopback.py), no LLM anywhere:
 truth = the keyword rule (rewards.judge.keyword_verdict); each (response, criterion) pair has a fixed difficulty
 u ∈ [0, 1) from a hash, and a call asking about k items at once flips the truth of every item with u < base +
 slope·(k − 1). per_criterion calls have k = 1, so their error is `--base-error`; per_completion calls have k = the
@@ -37,7 +37,7 @@ from data import load_samples  # noqa: E402
 from grpo import eval_stats as S  # noqa: E402
 from rewards.judge import grade_sync, keyword_verdict  # noqa: E402
 from rewards.openai_judge import OpenAIJudge  # noqa: E402
-from rewards.testing_server import LoopbackJudgeServer  # noqa: E402
+from tests.loopback import LoopbackJudgeServer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 FILES = ("healthbench_hard_sample.jsonl", "rar_medicine_sample.jsonl")

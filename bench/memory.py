@@ -1,7 +1,7 @@
 """Memory planner CLI: analytic peak memory of a GRPO run (the planner itself is grpo/memory.py).
 
     python bench/memory.py --shape qwen3-14b --budget-gb 96            # the paper's run on one RTX 6000 PRO
-    python bench/memory.py --shape tiny --dtype float32 --no-grad-checkpointing --logprob-impl naive
+    python bench/memory.py --shape tiny --dtype float32 --no-grad-checkpointing --logprob-impl reference
 
 Prints one table (GB = 1e9 bytes) of where the bytes go in the two phases of a step, then the largest micro-batch
 and rollout batch that fit `--budget-gb`, and as its last line one JSON object.
@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without `pip install -e`
 
 from grpo.memory import *  # noqa: E402,F401,F403 — re-exported: bench/throughput.py loads this file by path
-from grpo.memory import DTYPE_BYTES, GB, LOGPROB_IMPLS, RunShape, _dims, check, fit, plan  # noqa: E402,F401
+from grpo.memory import DEPRECATED_IMPLS, DTYPE_BYTES, GB, LOGPROB_IMPLS, RunShape, _dims, check, fit, plan  # noqa: E402,F401
 
 
 def shape_config(name: str) -> dict:
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lora-r", type=int, default=dflt.lora_r, help="LoRA rank (all linear layers of each block)")
     ap.add_argument("--dtype", default=dflt.dtype, choices=sorted(DTYPE_BYTES))
     ap.add_argument("--no-grad-checkpointing", action="store_true", help="keep every block's activations")
-    ap.add_argument("--logprob-impl", default=dflt.logprob_impl, choices=LOGPROB_IMPLS)
+    ap.add_argument("--logprob-impl", default=dflt.logprob_impl, choices=LOGPROB_IMPLS + tuple(DEPRECATED_IMPLS))
     ap.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
     a = ap.parse_args(argv)
 

@@ -443,7 +443,7 @@ def bench(a, model, tokenizer, V: int, cfg, device, dtype, impl: str) -> dict:
     shape = memory.RunShape(prompts_per_step=a.prompts, G=a.G, prompt_len=P, completion_len=T,
                             micro_batch=a.micro_batch, lora_r=a.lora_r, dtype=dname,
                             grad_checkpointing=a.grad_checkpointing,
-                            logprob_impl="naive" if impl == "reference" else impl, full_finetune=a.lora_r == 0,
+                            logprob_impl=impl, full_finetune=a.lora_r == 0,
                             rollout_batch=a.rollout_batch)
     plan = memory.plan(cfg, shape)
     m_roll = mem.get("rollout", 0)

@@ -25,14 +25,10 @@ import sys
 from pathlib import Path
 
 from data.heart import PREFILTER, LLMClassifier, classify, sample_text
-from data.loaders import iter_samples, write_samples
+from data.loaders import is_heart, iter_samples, write_samples
 from data.splits import split
 
 UNKNOWN_EXIT = 3  # some items could not be classified (judge failures): outputs written, rerun to finish
-
-
-def is_heart(sample) -> bool:
-    return any(t.startswith("heart:") for t in sample.tags)
 
 
 def main(argv=None) -> int:

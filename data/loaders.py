@@ -93,7 +93,7 @@ def from_record(rec: dict, where: str = "record", *, heart: bool = True) -> Samp
         raise ValueError(f"{where}: every rubric criterion has 0 points, so no reward can vary; fix the points or drop "
                          f"the record")
     sample = Sample(str(sid), prompt, rubric, reference, tags, reasoning)
-    if heart and not any(t.startswith("heart:") for t in tags):
+    if heart and not is_heart(sample):
         label = classify(sample_text(sample))
         if label.related:
             sample = Sample(sample.id, prompt, rubric, reference, tags + (f"heart:{label.theme}",), reasoning)
@@ -209,6 +209,16 @@ def clip_messages(messages: list[dict], tokenizer, max_tokens: int) -> list[dict
 def bundled_demo_path() -> Path:
     """The embedded demo's training data: ~40 short heart questions with keyword-friendly rubrics (our own text)."""
     return Path(__file__).resolve().parent / "samples" / "heart_demo.jsonl"
+
+
+def resolve_data_path(data: str | Path) -> Path:
+    """A `--data` value as a path: the word "demo" names the bundled sample (every entry point's default)."""
+    return bundled_demo_path() if str(data) == "demo" else Path(data)
+
+
+def is_heart(sample: Sample) -> bool:
+    """Whether the heart filter tagged this sample (a `heart:<theme>` tag, from data.heart.classify or the file)."""
+    return any(t.startswith("heart:") for t in sample.tags)
 
 
 def main(argv=None) -> int:

@@ -1,20 +1,27 @@
-"""Run configuration: one dataclass, named presets, `--key=value` flags.
+"""Run configuration for every entry point: one dataclass each, presets as plain dicts, one flag parser.
 
     torchrun grpo/train.py --preset qwen3-14b-rtx6000 --data heart_grpo.jsonl --judge openai --judge_model gpt-4.1-mini
+    python -m grpo.evaluate --help          # the same --help format for grpo/train.py, grpo/sft.py, grpo.evaluate
 
-Precedence: dataclass defaults < preset < flags. Flags accept `--key=value` or `--key value`, dashes or underscores.
-The resolved config is written to `<out>/config.json` (the judge API key is never part of it: it comes from the
-environment, OPENAI_API_KEY).
+TrainConfig (grpo/train.py), SFTConfig (grpo/sft.py) and EvalConfig (grpo/evaluate.py), each registered in
+ENTRY_POINTS with its usage line, presets and validation. Precedence: dataclass defaults < preset < flags. Flags
+accept `--key=value` or `--key value`, dashes or underscores; a list field (EvalConfig.compare) takes the values up
+to the next flag. An unknown flag names the close matches; `cli()` prints any user error as one `error: …` line
+and exits 2. The resolved training config is written to `<out>/config.json` (the judge API key is never part of it:
+it comes from the environment, OPENAI_API_KEY).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import sys
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 
 @dataclass
-class Config:
+class TrainConfig:
     # Run
     preset: str = field(default="tiny", metadata={"help": "named preset applied before flags (tiny | qwen3-14b-rtx6000)"})
     out: str = field(default="runs/demo", metadata={"help": "run directory: metrics.jsonl, config.json, checkpoints/"})
@@ -57,8 +64,8 @@ class Config:
     reward: str = field(default="hybrid", metadata={"help": "hybrid | complexity | rar_explicit | healthbench | rar_implicit"})
     log_rewards: str = field(default="healthbench", metadata={"help": "extra rewards logged (not trained on), comma list"})
     judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local (policy, LoRA off)"})
-    judge_model: str = field(default="", metadata={"help": "judge model name (openai judge)"})
-    judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
+    judge_model: str | None = field(default=None, metadata={"help": "judge model name (openai judge)"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
     judge_mode: str = field(default="per_completion", metadata={"help": "openai judge: per_completion | per_criterion"})
     judge_concurrency: int = field(default=16, metadata={"help": "openai judge: requests in flight, max"})
     judge_timeout: float = field(default=30.0, metadata={"help": "openai judge: seconds per request attempt before "
@@ -107,66 +114,88 @@ def _coerce(name: str, typ, raw: str):
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"--{name} expects true/false, got {raw!r}")
-    conv = {"int": int, "float": float, "str": str}.get(typ if isinstance(typ, str) else typ.__name__, str)
+    typ = typ.removesuffix(" | None") if isinstance(typ, str) else typ.__name__  # an optional field takes its type
+    conv = {"int": int, "float": float, "str": str}.get(typ, str)
     try:
         return conv(raw)
     except ValueError:
         raise ValueError(f"--{name} expects {conv.__name__}, got {raw!r}") from None
 
 
-def parse_args(argv: list, cls=None, presets: dict | None = None, check=None, usage: str = ""):
-    """A `cls` dataclass (default Config, with PRESETS and validate()) from `--preset NAME` and `--key=value` or
-    `--key value` flags; unknown keys are an error that lists the close matches. Entry points with their own
-    dataclass (grpo/sft.py) pass it with presets=None (then there is no --preset) and their own check."""
-    if cls is None:
-        cls, presets, check = Config, PRESETS, validate
-        usage = usage or TRAIN_USAGE
+def _is_list(f) -> bool:
+    return f.type in (list, "list")
+
+
+def parse_args(argv: list, cls: type | None = None):
+    """A `cls` dataclass (default TrainConfig; any of ENTRY_POINTS) from `--preset NAME` (where it has presets) and
+    `--key=value` or `--key value` flags, then its entry point's validation. Unknown keys are a ValueError that lists
+    the close matches; `--help` prints help_text(cls) and exits 0."""
+    cls = cls or TrainConfig
+    entry = ENTRY_POINTS[cls]
     known = {f.name: f for f in fields(cls)}
     pairs, i = [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(help_text(cls, presets, usage))
+            print(help_text(cls))
             raise SystemExit(0)
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}; flags look like --key=value (see --help)")
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if not eq:  # --key value, or a bare boolean --flag
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if known.get(key) and known[key].type in (bool, "bool") and (nxt is None or nxt.startswith("--")):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            raise ValueError(f"unknown flag --{key}" + (f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""))
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if _is_list(known[key]):  # --compare a b c (up to the next flag) or --compare=a,b,c
+            values = value.split(",") if eq else []
+            while not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                values, i = values + [argv[i + 1]], i + 1
+            if not values:
+                raise ValueError(f"--{key} needs one or more values")
+            value = values
+        elif not eq:  # --key value, or a bare boolean --flag
+            if known[key].type in (bool, "bool") and (nxt is None or nxt.startswith("--")):
                 value = "true"
             elif nxt is None:
                 raise ValueError(f"--{key} needs a value")
             else:
                 value, i = nxt, i + 1
-        if key not in known:
-            import difflib
-            close = difflib.get_close_matches(key, known, n=3)
-            raise ValueError(f"unknown flag --{key}" + (f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""))
         pairs.append((key, value))
         i += 1
     base = {}
-    if presets is not None:
-        preset = dict(pairs).get("preset", cls.preset)
-        if preset not in presets:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
-        base = {**presets[preset], "preset": preset}
+    preset = dict(pairs).get("preset", getattr(cls, "preset", ""))
+    if entry.presets is not None and preset:  # an empty preset (EvalConfig's default) = none
+        if preset not in entry.presets:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(entry.presets)}")
+        base = {**entry.presets[preset], "preset": preset}
     cfg = cls(**base)
     for key, value in pairs:
-        setattr(cfg, key, _coerce(key, known[key].type, value))
-    if check is not None:
-        check(cfg)
+        setattr(cfg, key, value if _is_list(known[key]) else _coerce(key, known[key].type, value))
+    if entry.check is not None:
+        entry.check(cfg)
     return cfg
 
 
-def reward_names(cfg: Config) -> tuple[str, ...]:
+def reward_names(cfg: TrainConfig) -> tuple[str, ...]:
     """--reward first, then the --log_rewards comma list (blanks and repeats dropped): every reward a step scores.
     The one place --log_rewards is parsed."""
     return tuple(dict.fromkeys([cfg.reward, *(r.strip() for r in cfg.log_rewards.split(",") if r.strip())]))
 
 
-def validate(cfg: Config) -> None:
+def cli(main: Callable, argv: list, errors: tuple = (ValueError, FileNotFoundError)) -> int:
+    """Run an entry point's main(argv): a user error is one `error: …` line on stderr and exit code 2 (`--debug`
+    re-raises it with its traceback). main's own return value (None = 0) is the exit code otherwise."""
+    try:
+        return main(argv) or 0
+    except errors as e:
+        if any(a in ("--debug", "--debug=true", "--debug=1") for a in argv):
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def validate(cfg: TrainConfig) -> None:
     """Errors a user can cause, each naming the fix — checked here, before any model or data loads."""
     import math
     import os
@@ -222,18 +251,122 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--dtype={cfg.dtype} must be auto | bf16 | fp32")
 
 
-def to_json(cfg: Config) -> str:
+def to_json(cfg) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=2)
 
 
-TRAIN_USAGE = "usage: torchrun grpo/train.py [--preset NAME] [--key=value ...]"
-
-
-def help_text(cls=None, presets: dict | None = None, usage: str = "") -> str:
+def help_text(cls: type | None = None) -> str:
     """One line per field: `--name  help (default ...)`; the same format for every entry point."""
-    if cls is None:
-        cls, presets, usage = Config, PRESETS, usage or TRAIN_USAGE
-    lines = [usage or "usage: [--key=value ...]"] + ([f"presets: {', '.join(presets)}"] if presets else []) + [""]
+    cls = cls or TrainConfig
+    entry = ENTRY_POINTS[cls]
+    lines = [entry.usage] + ([f"presets: {', '.join(p for p in entry.presets if p)}"] if entry.presets else []) + [""]
     for f in fields(cls):
-        lines.append(f"  --{f.name:<20} {f.metadata.get('help', '')} (default {f.default!r})")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name:<20} {f.metadata.get('help', '')} (default {default!r})")
     return "\n".join(lines)
+
+
+Config = TrainConfig  # the name grpo/train.py and its tests have always used
+
+
+@dataclass
+class SFTConfig:
+    model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds the local toy Qwen3"})
+    data: str = field(default="demo", metadata={"help": "samples with reference answers; 'demo' = bundled sample"})
+    reasoning: str = field(default="", metadata={"help": "JSONL of {id, reasoning} traces (data.augment output)"})
+    out: str = field(default="runs/sft", metadata={"help": "output dir; the adapter goes to out/adapter"})
+    steps: int = field(default=30, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per step, all ranks together"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate (constant)"})
+    max_len: int = field(default=1024, metadata={"help": "target tokens kept, tokens"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    seed: int = field(default=0, metadata={"help": "seed for init and data order"})
+    dtype: str = field(default="auto", metadata={"help": "base weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; "
+                                                          "the LoRA adapter is fp32"})
+
+
+def validate_sft(cfg: SFTConfig) -> None:
+    """SFT flag errors a user can cause, each naming the fix."""
+    import math
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--dtype={cfg.dtype} must be auto | bf16 | fp32")
+    if cfg.max_len < 1 or cfg.steps < 0:
+        raise ValueError("--max_len must be >= 1 and --steps >= 0")
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {cfg.batch_size}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr}")
+
+
+@dataclass
+class EvalConfig:
+    # Data and selection
+    preset: str = field(default="", metadata={"help": "paper: heart subset, n=500, seed 0 ('' = none)"})
+    data: str = field(default="demo", metadata={"help": "samples file (HealthBench / RaR / heart JSONL); 'demo' = bundled"})
+    out: str = field(default="runs/eval", metadata={"help": "output directory (results.jsonl resumes)"})
+    heart_only: bool = field(default=False, metadata={"help": "only heart-related samples (lexicon filter tags)"})
+    n: int | None = field(default=None, metadata={"help": "draw this many examples (with --seed)"})
+    limit: int | None = field(default=None, metadata={"help": "stop after the first N selected examples"})
+    seed: int = field(default=0, metadata={"help": "seed of the subset draw and of sampling"})
+    # Policy
+    model: str = field(default="tiny", metadata={"help": "HF dir or hub id; 'tiny' = the locally built toy model"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory (trained policy)"})
+    api_model: str | None = field(default=None, metadata={"help": "evaluate this OpenAI-compatible model instead of --model"})
+    api_base_url: str | None = field(default=None, metadata={"help": "endpoint of --api_model"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env variable with the endpoint's key"})
+    max_new_tokens: int = field(default=512, metadata={"help": "response length limit, tokens"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    batch_size: int = field(default=8, metadata={"help": "examples per respond+judge round"})
+    concurrency: int = field(default=8, metadata={"help": "API requests in flight (policy API and judge)"})
+    # Judge
+    judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai (any OpenAI-compatible "
+                                                            "server) | local (a transformers model)"})
+    judge_model: str | None = field(default=None, metadata={"help": "openai: model name (default gpt-4.1-2025-04-14, "
+                                                           "HealthBench's grader); local: HF dir or hub id (default: "
+                                                           "the policy itself)"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "judge endpoint (openai judge)"})
+    judge_mode: str = field(default="per_criterion", metadata={"help": "openai judge: per_criterion (HealthBench's "
+                                                                       "grader) | per_completion (cheaper approximation)"})
+    # Report
+    compare: list = field(default_factory=list, metadata={"help": "result dirs/files to compare instead of evaluating"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples"})
+    no_progress: bool = field(default=False, metadata={"help": "no progress bar"})
+
+
+EVAL_PRESETS: dict[str, dict] = {
+    # The paper's evaluation set: the heart-related subset of HealthBench (lexicon filter), n = 500 drawn with seed 0.
+    "paper": dict(heart_only=True, n=500, seed=0),
+}
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    """Evaluation flag errors a user can cause, each naming the fix."""
+    import math
+    if cfg.judge not in ("keyword", "openai", "local"):
+        raise ValueError(f"--judge={cfg.judge} must be keyword | openai | local")
+    if cfg.judge_mode not in ("per_criterion", "per_completion"):
+        raise ValueError(f"--judge_mode={cfg.judge_mode} must be per_criterion | per_completion")
+    for name in ("n", "limit", "bootstrap"):
+        if (getattr(cfg, name) or 0) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("max_new_tokens", "batch_size", "concurrency"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    usage: str
+    presets: dict | None  # None: the entry point has no --preset
+    check: Callable | None  # validation run after the flags: raises ValueError naming the fix
+
+
+ENTRY_POINTS: dict[type, EntryPoint] = {
+    TrainConfig: EntryPoint("usage: torchrun grpo/train.py [--preset NAME] [--key=value ...]", PRESETS, validate),
+    SFTConfig: EntryPoint("usage: torchrun grpo/sft.py [--key=value ...]", None, validate_sft),
+    EvalConfig: EntryPoint("usage: python -m grpo.evaluate [--preset paper] [--key=value ...]", EVAL_PRESETS,
+                           validate_eval),
+}

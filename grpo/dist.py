@@ -12,6 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from grpo.logprobs import PolicyLogprobs
+
 
 def backend() -> str:
     """The process-group backend string: every collective is dispatched by its tensor's device type, so a CUDA run
@@ -58,21 +60,6 @@ def barrier() -> None:
 def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-class PolicyLogprobs(torch.nn.Module):
-    """The policy as one module whose forward is the completion log-probs (decoder + fused head). Wrapping *this*
-    in DDP or FSDP2 puts their hooks around exactly what the loss differentiates; the HF model's own forward would
-    build the (tokens × vocab) logits we avoid."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, completion_mask, *, temperature=1.0, impl="fused", with_entropy=False):
-        from grpo.logprobs import completion_logprobs
-        return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, temperature=temperature,
-                                   impl=impl, with_entropy=with_entropy)
 
 
 def parallelize(model, mode: str) -> torch.nn.Module:

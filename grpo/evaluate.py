@@ -26,8 +26,8 @@ heart-related subset of HealthBench (lexicon filter), n = 500 drawn with seed 0.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -37,17 +37,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data import bundled_demo_path, load_samples
+from data import is_heart, load_samples, resolve_data_path
 from data.format import parse, to_messages
 from grpo import eval_stats as S
-
-PRESETS = {"paper": dict(heart_only=True, n=500, seed=0)}
+from grpo.config import EvalConfig, cli, parse_args
 
 
 def select(samples, *, heart_only: bool = False, n: int | None = None, seed: int = 0) -> list:
     """The evaluation set: optionally only heart-related samples, then `n` of them drawn with `seed`, in file order."""
     if heart_only:
-        samples = [s for s in samples if any(t.startswith("heart:") for t in s.tags)]
+        samples = [s for s in samples if is_heart(s)]
     if n is not None and n < len(samples):
         keep = set(random.Random(seed).sample(range(len(samples)), n))
         samples = [s for i, s in enumerate(samples) if i in keep]
@@ -323,45 +322,12 @@ def grader_label(judge) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="rubric evaluation with an LLM judge (see module docstring)")
-    ap.add_argument("--data", default="demo", help="samples file (HealthBench / RaR / heart JSONL); 'demo' = bundled")
-    ap.add_argument("--out", default="runs/eval", help="output directory (results.jsonl resumes)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), help="paper: heart subset, n=500, seed 0")
-    ap.add_argument("--heart-only", action="store_true", help="only heart-related samples (lexicon filter tags)")
-    ap.add_argument("--n", type=int, default=None, help="draw this many examples (with --seed)")
-    ap.add_argument("--limit", type=int, default=None, help="stop after the first N selected examples")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the subset draw and of sampling")
-    # policy
-    ap.add_argument("--model", default="tiny", help="HF dir or hub id; 'tiny' = the locally built toy model")
-    ap.add_argument("--adapter", default=None, help="PEFT adapter directory (trained policy)")
-    ap.add_argument("--api-model", default=None, help="evaluate this OpenAI-compatible model instead of --model")
-    ap.add_argument("--api-base-url", default=None, help="endpoint of --api-model")
-    ap.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env variable with the endpoint's key")
-    ap.add_argument("--max-new-tokens", type=int, default=512, help="response length limit, tokens")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--batch-size", type=int, default=8, help="examples per respond+judge round")
-    ap.add_argument("--concurrency", type=int, default=8, help="API requests in flight (policy API and judge)")
-    # judge
-    ap.add_argument("--judge", default="keyword", choices=("keyword", "openai", "local"),
-                    help="keyword (offline toy) | openai (any OpenAI-compatible server) | local (a transformers model)")
-    ap.add_argument("--judge-model", default=None,
-                    help="openai: model name (default gpt-4.1-2025-04-14, HealthBench's grader); local: HF dir or hub id "
-                         "(default: the policy itself)")
-    ap.add_argument("--judge-base-url", default=None, help="judge endpoint (openai judge)")
-    ap.add_argument("--judge-mode", default="per_criterion", choices=("per_criterion", "per_completion"),
-                    help="openai judge: per_criterion (HealthBench's grader) | per_completion (cheaper approximation)")
-    ap.add_argument("--compare", nargs="+", default=None, help="result dirs/files to compare instead of evaluating")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    for k, v in PRESETS.get(args.preset, {}).items():
-        if getattr(args, k) in (None, False, 0):
-            setattr(args, k, v)
+    args = parse_args(sys.argv[1:] if argv is None else argv, EvalConfig)  # grpo/config.py: flags, preset, checks
 
     if args.compare:
         compare(args.compare, args.out)
         return 0
-    samples = load_samples(bundled_demo_path() if args.data == "demo" else args.data)
+    samples = load_samples(resolve_data_path(args.data))
     samples = select(samples, heart_only=args.heart_only, n=args.n, seed=args.seed)[: args.limit]
     if not samples:
         raise SystemExit(f"{args.data}: no examples selected (check --heart-only / --n)")
@@ -379,7 +345,7 @@ def main(argv=None) -> int:
     records = asyncio.run(run(samples, responder, judge, args.out, batch_size=args.batch_size,
                               progress=not args.no_progress))
     summary = summarize(records, n_boot=args.bootstrap, seed=args.seed)
-    summary["grader"], summary["config"] = grader_label(judge), vars(args)
+    summary["grader"], summary["config"] = grader_label(judge), dataclasses.asdict(args)
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     md = markdown(summary, f"evaluation of {args.api_model or args.model}{' + ' + args.adapter if args.adapter else ''}")
@@ -390,4 +356,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main, sys.argv[1:]))

@@ -4,10 +4,13 @@
 
 Only completion positions reach the LM head: the decoder runs on the whole sequence, then hidden states at the
 positions that predict completion tokens are gathered ((N, H), N = valid completion tokens) and handed to
-`kernels.linear_logprobs`, which never builds the (N, V) logits. `impl` picks the path for benchmarks:
+`kernels.linear_logprobs`, which never builds the (N, V) logits. `impl` (`--logprob_impl`, the memory planner's
+`logprob_impl`) picks the head path — one vocabulary, IMPLS:
   fused     — kernels.linear_logprobs(hidden, W)            memory O(N·H)
   selective — lm_head(hidden) then kernels.selective_logprobs   (N, V) logits, no (N, V) log-softmax
   reference — lm_head, fp32 log_softmax, gather            (N, V) logits + (N, V) fp32 — what TRL does
+The kernels' own `impl="auto" | "triton" | "torch"` is a different axis: which backend runs a kernel (Triton on
+CUDA, the chunked torch path elsewhere), chosen per call by grpo/kernels; fused and selective use "auto".
 
 Shared prompts. GRPO scores G completions of each prompt, so every prompt row appears G times. The prompt's
 activations do not depend on its completion (causal attention), so by default the decoder runs the prompt once per
@@ -112,6 +115,20 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     logp = torch.zeros(S, T, dtype=out.dtype, device=h.device)                   # float32 (fp64 for an fp64 model)
     logp = logp.masked_scatter(valid, out)                                        # (S, T)
     return (logp, entropy) if with_entropy else logp
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The policy as one module whose forward is the completion log-probs (decoder + fused head). Wrapping *this*
+    in DDP or FSDP2 (grpo/dist.py parallelize) puts their hooks around exactly what the loss differentiates; the HF
+    model's own forward would build the (tokens × vocab) logits we avoid."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_mask, *, temperature=1.0, impl="fused", with_entropy=False):
+        return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, temperature=temperature,
+                                   impl=impl, with_entropy=with_entropy)
 
 
 def check_kernels(head_weight: torch.Tensor, *, temperature: float = 1.0, n: int = 64, tol: float = 2e-3) -> dict:

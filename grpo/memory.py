@@ -16,13 +16,17 @@ measured with torch.profiler. Full fine-tuning is planned as the trainer runs it
 AdamW states (and the fp32 reference copy), bf16 activations plus autocast's bf16 weight copies.
 """
 
+import warnings
 from dataclasses import asdict, dataclass
 
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32 = 4
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # never lm_head
-LOGPROB_IMPLS = ("fused", "selective", "naive")  # naive = grpo.logprobs "reference": fp32 log_softmax + gather
+# The log-prob head paths, spelled as grpo.logprobs.IMPLS and --logprob_impl (repeated here so the planner imports
+# without torch; tests/test_memory.py checks the two agree). "naive" was this module's name for "reference".
+LOGPROB_IMPLS = ("fused", "selective", "reference")
+DEPRECATED_IMPLS = {"naive": "reference"}  # accepted with a DeprecationWarning for one release
 # kernels' chunked torch path (CPU) holds ~3 fp32 tiles of 4M elements; the Triton path (CUDA) holds less.
 FUSED_WORKSPACE = 3 * (1 << 22) * FP32
 # Caching-allocator fragmentation and the CUDA context/cuBLAS workspaces that max_memory_allocated does not see.
@@ -40,9 +44,16 @@ class RunShape:
     lora_r: int = 16                 # LoRA rank on all linear layers of every block (alpha does not change memory)
     dtype: str = "bfloat16"          # weights and activations
     grad_checkpointing: bool = True  # recompute each block's activations in backward
-    logprob_impl: str = "fused"      # fused | selective | naive
+    logprob_impl: str = "fused"      # fused | selective | reference (grpo.logprobs)
     full_finetune: bool = False      # train every weight (then a frozen reference copy is kept, as grpo.model does)
     rollout_batch: int = 0           # sequences decoded together (0 = all B*G)
+
+    def __post_init__(self):
+        if self.logprob_impl in DEPRECATED_IMPLS:
+            new = DEPRECATED_IMPLS[self.logprob_impl]
+            warnings.warn(f"logprob_impl={self.logprob_impl!r} is deprecated: spell it {new!r} (as --logprob_impl does)",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "logprob_impl", new)  # frozen dataclass
 
 
 @dataclass
@@ -158,13 +169,13 @@ def _backward_temp_bytes_per_token(d: dict, b: int) -> int:
 def _logprob_head_bytes(d: dict, b: int, n: int, impl: str) -> int:
     """Peak of the log-prob path for n completion tokens (only completion positions reach the head, grpo.logprobs).
     All paths keep the gathered hidden states h (n, H) and later their grad (n, H).
-      naive:     forward: logits (n,V)b + (fp32 copy / temperature) (n,V)4 + log_softmax (n,V)4 (the fp32 copy
+      reference: forward: logits (n,V)b + (fp32 copy / temperature) (n,V)4 + log_softmax (n,V)4 (the fp32 copy
                  is freed by then); backward: log_softmax out + gather grad + its grad, 3·(n,V)4 — the larger of the two
       selective: logits (n,V)b saved + dlogits (n,V)b in backward + a chunk of fp32 tiles (torch path)
       fused:     never builds (n,V): per-row stats + a bounded workspace"""
     V, H = d["V"], d["H"]
     hidden = 2 * n * H * b
-    if impl == "naive":
+    if impl == "reference":
         return hidden + n * V * max(3 * FP32, b + 2 * FP32)
     if impl == "selective":
         return hidden + 2 * n * V * b + min(n * V * FP32, FUSED_WORKSPACE)
@@ -177,7 +188,7 @@ def plan(model_cfg, run: RunShape) -> Plan:
     """Analytic peak memory (bytes) of the rollout and the training phase of one GRPO step."""
     if run.dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype {run.dtype!r} not in {sorted(DTYPE_BYTES)}")
-    impl = "naive" if run.logprob_impl == "reference" else run.logprob_impl
+    impl = run.logprob_impl
     d, b = _dims(model_cfg), DTYPE_BYTES[run.dtype]
     n_params = param_count(model_cfg)
     S = run.prompt_len + run.completion_len
@@ -260,7 +271,7 @@ def run_shape(cfg) -> RunShape:
                     completion_len=cfg.max_new_tokens, micro_batch=cfg.micro_batch or cfg.num_generations,
                     rollout_batch=cfg.rollout_batch, lora_r=0 if cfg.full_finetune else cfg.lora_r,
                     dtype=str(dtype).removeprefix("torch."), grad_checkpointing=cfg.grad_checkpointing,
-                    logprob_impl="naive" if cfg.logprob_impl == "reference" else cfg.logprob_impl,
+                    logprob_impl=cfg.logprob_impl,
                     full_finetune=cfg.full_finetune)
 
 

@@ -4,7 +4,7 @@
     torchrun grpo/train.py --init_adapter runs/sft/adapter ...
     torchrun grpo/sft.py --steps 20 --out runs/sft-demo                              # CPU demo on the bundled sample
 
-Flags as in grpo/train.py (`--key value` or `--key=value`, `--help` lists them). The target is
+Flags as in grpo/train.py (grpo/config.py SFTConfig: `--key value` or `--key=value`, `--help` lists them). The target is
 `format_target(reasoning, reference)`: the reasoning trace (from `data.augment`, a JSONL of {"id", "reasoning"}; empty
 when absent) between <start_working_out> tags, the reference answer between <SOLUTION> tags, then EOS — unless
 `--max_len` cut the target, which then ends without EOS (it must not learn to stop mid-answer). A sample's own
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # `torchrun grpo/sft.py` puts grpo/ first on sys.path; we want the repo root
@@ -27,36 +27,12 @@ if __package__ in (None, ""):  # `torchrun grpo/sft.py` puts grpo/ first on sys.
 import torch
 from tqdm import tqdm
 
-from data import bundled_demo_path, load_samples
+from data import load_samples, resolve_data_path
 from data.format import format_target, to_messages
 from grpo import dist
-from grpo.config import parse_args
+from grpo.config import SFTConfig, cli, parse_args
 from grpo.logprobs import completion_logprobs
 from grpo.model import add_lora, compute_dtype, load_model
-
-
-@dataclass
-class SFTConfig:
-    model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds the local toy Qwen3"})
-    data: str = field(default="demo", metadata={"help": "samples with reference answers; 'demo' = bundled sample"})
-    reasoning: str = field(default="", metadata={"help": "JSONL of {id, reasoning} traces (data.augment output)"})
-    out: str = field(default="runs/sft", metadata={"help": "output dir; the adapter goes to out/adapter"})
-    steps: int = field(default=30, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per step, all ranks together"})
-    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate (constant)"})
-    max_len: int = field(default=1024, metadata={"help": "target tokens kept, tokens"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    seed: int = field(default=0, metadata={"help": "seed for init and data order"})
-    dtype: str = field(default="auto", metadata={"help": "base weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; "
-                                                          "the LoRA adapter is fp32"})
-
-
-def _validate(cfg: SFTConfig) -> None:
-    if cfg.dtype not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"--dtype={cfg.dtype} must be auto | bf16 | fp32")
-    if cfg.max_len < 1 or cfg.steps < 0:
-        raise ValueError("--max_len must be >= 1 and --steps >= 0")
 
 
 def encode(tokenizer, messages: list, target: str, max_len: int):
@@ -85,11 +61,10 @@ def collate(pairs: list, pad_id: int):
 
 
 def main(argv: list) -> None:
-    cfg = parse_args(argv, SFTConfig, presets=None, check=_validate,
-                     usage="usage: torchrun grpo/sft.py [--key=value ...]")
+    cfg = parse_args(argv, SFTConfig)  # every flag checked (grpo/config.py validate_sft) before the process group
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
-    samples = [s for s in load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data) if s.reference]
+    samples = [s for s in load_samples(resolve_data_path(cfg.data)) if s.reference]
     if not samples:
         raise SystemExit(f"{cfg.data}: no sample has a reference answer to train on")
     traces = {}
@@ -134,4 +109,4 @@ def main(argv: list) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli(main, sys.argv[1:]))

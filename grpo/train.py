@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `torchrun grpo/train.py` puts grpo/ first on sy
 import numpy as np
 import torch
 
-from data import bundled_demo_path, load_samples
+from data import load_samples, resolve_data_path
 from data.loaders import clip_messages
 from data.format import parse, to_messages
 from grpo import checkpoint, config, dist
@@ -105,7 +105,7 @@ def main(argv: list) -> None:
     amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
     engine = make_engine(cfg.rollout, cfg, out)  # --rollout: each ENGINES factory reads its flags from the config
     engine.check()
-    samples = load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data)
+    samples = load_samples(resolve_data_path(cfg.data))
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)
     if cfg.init_adapter and cfg.full_finetune:  # train every weight of the SFT model; its frozen copy is the reference
         model = merge_adapter(model, cfg.init_adapter)

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from rewards import judge_prompts as P
-from rewards.judge import Judge
+from rewards.judge_base import Judge
 from rewards.rubric import Rubric
 
 ASK = "Does the response meet this rubric item? Answer with one word: yes or no."

@@ -18,7 +18,7 @@ import os
 import openai
 
 from rewards import judge_prompts as P
-from rewards.judge import Judge
+from rewards.judge_base import Judge
 from rewards.judge_cache import VerdictCache
 from rewards.rubric import Rubric
 

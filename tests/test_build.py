@@ -14,7 +14,7 @@ import pytest
 from data import load_samples
 from data.build import UNKNOWN_EXIT, main
 from data.heart import PREFILTER, THEMES, classify, llm_messages
-from rewards.testing_server import LoopbackJudgeServer
+from tests.loopback import LoopbackJudgeServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "data" / "samples" / "heart_synthetic_labels.jsonl"

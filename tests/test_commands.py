@@ -128,3 +128,4 @@ def test_documented_command_runs(where, cmd, workdir, monkeypatch, capsys):
         assert (run_dir / "metrics.jsonl").read_text().strip()
     else:
         assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+

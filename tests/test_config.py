@@ -105,3 +105,78 @@ def test_reward_names_parse_log_rewards_once_trained_reward_first():
 def test_rewards_are_checked_through_the_registry(argv, message):
     with pytest.raises(ValueError, match=message):
         parse_args(argv)
+
+
+# ---- one parser for every entry point (train, sft, evaluate) ----
+from grpo.config import ENTRY_POINTS, EVAL_PRESETS, EvalConfig, SFTConfig, TrainConfig, cli, help_text  # noqa: E402
+
+
+@pytest.mark.parametrize("cls, usage", [(TrainConfig, "usage: torchrun grpo/train.py"),
+                                        (SFTConfig, "usage: torchrun grpo/sft.py"),
+                                        (EvalConfig, "usage: python -m grpo.evaluate")])
+def test_every_entry_point_has_the_same_help_format(cls, usage, capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_args(["--help"], cls)
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.strip() == help_text(cls) and out.startswith(usage)
+    from dataclasses import fields
+    lines = [line for line in out.splitlines() if line.startswith("  --")]
+    assert [line.split()[0] for line in lines] == [f"--{f.name}" for f in fields(cls)]
+    defaults = cls()  # each line: the field's help text, then its default as the dataclass builds it
+    assert all(line.endswith(f"(default {getattr(defaults, f.name)!r})") and f.metadata["help"] in line
+               for line, f in zip(lines, fields(cls)))
+
+
+def test_eval_flags_parse_both_forms_with_dashes_and_lists():
+    a = parse_args(["--max-new-tokens", "64", "--limit", "3", "--no-progress", "--compare", "runs/a", "runs/b",
+                    "--out", "runs/c"], EvalConfig)
+    b = parse_args(["--max_new_tokens=64", "--limit=3", "--no_progress", "--compare=runs/a,runs/b", "--out=runs/c"],
+                   EvalConfig)
+    assert a == b and (a.max_new_tokens, a.limit, a.no_progress, a.compare, a.out) == (64, 3, True, ["runs/a", "runs/b"],
+                                                                                      "runs/c")
+    assert parse_args([], EvalConfig).compare == [] and parse_args([], EvalConfig) == EvalConfig()
+
+
+def test_eval_preset_is_a_plain_dict_and_flags_win():
+    paper = parse_args(["--preset", "paper"], EvalConfig)
+    assert (paper.heart_only, paper.n, paper.seed) == (True, 500, 0) == tuple(EVAL_PRESETS["paper"].values())
+    assert parse_args(["--preset=paper", "--n=20"], EvalConfig).n == 20
+    assert ENTRY_POINTS[SFTConfig].presets is None  # sft has no presets: --preset is an unknown flag there
+    with pytest.raises(ValueError, match="unknown flag --preset"):
+        parse_args(["--preset=paper"], SFTConfig)
+
+
+@pytest.mark.parametrize("cls, argv, message", [
+    (EvalConfig, ["--preset=huge"], "unknown preset 'huge'; choose one of \\['paper'\\]"),
+    (EvalConfig, ["--judeg=openai"], "did you mean --judge"),
+    (EvalConfig, ["--judge=gpt"], "--judge=gpt must be keyword | openai | local"),
+    (EvalConfig, ["--judge-mode=fast"], "--judge_mode=fast must be per_criterion | per_completion"),
+    (EvalConfig, ["--batch-size=0"], "--batch_size must be >= 1, got 0"),
+    (EvalConfig, ["--limit=-1"], "--limit must be >= 0"),
+    (EvalConfig, ["--temperature=-0.5"], "--temperature must be a finite number >= 0"),
+    (EvalConfig, ["--compare"], "--compare needs one or more values"),
+    (EvalConfig, ["--n=ten"], "--n expects int, got 'ten'"),
+    (SFTConfig, ["--dtype=fp16"], "--dtype=fp16 must be auto | bf16 | fp32"),
+    (SFTConfig, ["--batch_size=0"], "--batch_size must be >= 1"),
+    (SFTConfig, ["--lr=0"], "--lr must be a finite number > 0"),
+    (SFTConfig, ["--max_len=0"], "--max_len must be >= 1"),
+])
+def test_each_entry_point_validates_its_own_flags(cls, argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv, cls)
+
+
+def test_cli_prints_one_error_line_and_exits_2(capsys):
+    import grpo.evaluate
+    import grpo.sft
+    for main in (grpo.evaluate.main, grpo.sft.main):
+        assert cli(main, ["--stpes=3" if main is grpo.sft.main else "--limt=3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: unknown flag --") and "did you mean" in err
+
+    def boom(argv):
+        raise FileNotFoundError("data.jsonl: no such file")
+    assert cli(boom, []) == 2 and capsys.readouterr().err == "error: data.jsonl: no such file\n"
+    with pytest.raises(FileNotFoundError):
+        cli(boom, ["--debug"])
+    assert cli(lambda argv: None, []) == 0 and cli(lambda argv: 3, []) == 3

@@ -160,7 +160,7 @@ def test_every_docstring_command_runs(tiny_path, tmp_path, monkeypatch):
     healthbench.jsonl."""
     from grpo.model import add_lora, load_model
     from rewards.openai_judge import HEALTHBENCH_GRADER
-    from rewards.testing_server import LoopbackJudgeServer
+    from tests.loopback import LoopbackJudgeServer
     monkeypatch.chdir(tmp_path)
     demo = bundled_demo_path().read_text(encoding="utf-8").splitlines()
     (tmp_path / "healthbench.jsonl").write_text("\n".join(demo[:2]) + "\n", encoding="utf-8")
@@ -195,7 +195,7 @@ def test_every_docstring_command_runs(tiny_path, tmp_path, monkeypatch):
                 assert calls == 0 and "not" in summary["grader"]
         assert server.models >= {HEALTHBENCH_GRADER, "gpt-oss-120b"}
     recs = read_jsonl(tmp_path / "runs" / "eval-oss" / "results.jsonl")
-    from rewards.testing_server import POLICY_REPLY
+    from tests.loopback import POLICY_REPLY
     assert [r["response"] for r in recs] == [POLICY_REPLY] * 2
 
 

@@ -180,7 +180,7 @@ def test_llm_prompt_fences_the_question():
 
 def test_llm_classifier_prefilter_and_cache(tmp_path):
     """Through the loopback server: only lexicon candidates are asked; a second classifier on the cache asks none."""
-    from rewards.testing_server import LoopbackJudgeServer
+    from tests.loopback import LoopbackJudgeServer
 
     def reply(messages):
         q = messages[1]["content"].split("\n", 1)[1].rsplit("\n", 1)[0]

@@ -15,7 +15,7 @@ from rewards.functions import rar_implicit
 from rewards.judge import KeywordJudge, grade_sync, keyword_verdict, keywords, make_judge, rate_sync
 from rewards.judge_prompts import parse_completion, parse_criterion, parse_rating
 from rewards.openai_judge import JudgeConfigError, OpenAIJudge
-from rewards.testing_server import LoopbackJudgeServer
+from tests.loopback import LoopbackJudgeServer
 
 Q = [{"role": "user", "content": "I have crushing chest pain. What should I do?"}]
 
@@ -471,3 +471,23 @@ def test_judge_agreement_bench_modes_agree_exactly_without_batching_error(capsys
     assert exact["calls_per_criterion"] == out["criteria"] and exact["calls_per_completion"] == out["responses"]
     assert noisy["verdict_agreement"] < 1.0 and noisy["score_per_criterion"] == exact["score_per_criterion"]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+
+
+def test_judge_imports_form_a_dag():
+    """The graders import the base (rewards/judge_base.py), never the factory that imports them; the factory module
+    still offers every name callers use."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, rewards.openai_judge, rewards.local_judge; "
+            "print('rewards.judge' in sys.modules, 'rewards.judge_base' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
+    import rewards.judge as J
+    import rewards.judge_base as B
+    from rewards.local_judge import LocalJudge
+    from rewards.openai_judge import OpenAIJudge
+    assert (J.Judge, J.grade_sync, J.rate_sync, J.STAT_KEYS) == (B.Judge, B.grade_sync, B.rate_sync, B.STAT_KEYS)
+    assert J.OpenAIJudge is OpenAIJudge and J.LocalJudge is LocalJudge and issubclass(J.KeywordJudge, B.Judge)
+    assert isinstance(J.make_judge("keyword"), J.KeywordJudge)

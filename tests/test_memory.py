@@ -137,7 +137,7 @@ def _measured_step_peak(model, input_ids, T, impl):
     return peak
 
 
-# (vocab, prompt, completion): activations dominate / the naive head's (N, V) fp32 tensors dominate
+# (vocab, prompt, completion): activations dominate / the reference head's (N, V) fp32 tensors dominate
 REGIMES = {"activations": (512, 192, 64), "head": (8192, 64, 128)}
 
 
@@ -152,7 +152,7 @@ def test_planned_train_peak_matches_measured_cpu_peak(dtype, ckpt, regime):
     S = 4
     measured = _measured_step_peak(model, torch.randint(0, V, (S, P + T)), T, "reference")
     run = memory.RunShape(prompts_per_step=1, G=S, prompt_len=P, completion_len=T, micro_batch=S, lora_r=8,
-                          dtype=dtype, grad_checkpointing=ckpt, logprob_impl="naive")
+                          dtype=dtype, grad_checkpointing=ckpt, logprob_impl="reference")
     p = memory.plan(cfg, run)
     planned = p.peak_train - (p.weights + p.trainable + p.optimizer)
     head_share = p.logprob_head / planned
@@ -162,18 +162,18 @@ def test_planned_train_peak_matches_measured_cpu_peak(dtype, ckpt, regime):
 
 
 def test_checkpointing_and_fused_head_shrink_the_plan():
-    run = memory.RunShape(grad_checkpointing=False, logprob_impl="naive")
+    run = memory.RunShape(grad_checkpointing=False, logprob_impl="reference")
     base = memory.plan(SHAPES["qwen3-14b"], run)
     ck = memory.plan(SHAPES["qwen3-14b"], replace(run, grad_checkpointing=True))
     fused = memory.plan(SHAPES["qwen3-14b"], replace(run, logprob_impl="fused"))
     assert ck.activations < base.activations / 10  # keeps (N, H) per block instead of ~(30H + 5I)·N bytes
-    # naive head: 6 × 1024 completion tokens × 151936 × 3 fp32 (n, V) tensors ≈ 11.2 GB; fused: O(N·H)
+    # reference head: 6 × 1024 completion tokens × 151936 × 3 fp32 (n, V) tensors ≈ 11.2 GB; fused: O(N·H)
     assert abs(base.logprob_head / 1e9 - 6 * 1024 * 151936 * 12 / 1e9) < 0.2
     assert fused.logprob_head < 0.3e9
 
 
 def test_fit_and_check_agree_with_the_plan():
-    cfg, run = SHAPES["qwen3-14b"], memory.RunShape(grad_checkpointing=False, logprob_impl="naive")
+    cfg, run = SHAPES["qwen3-14b"], memory.RunShape(grad_checkpointing=False, logprob_impl="reference")
     mb, rb = memory.fit(cfg, run, 96)
     assert 1 <= mb < run.prompts_per_step * run.G
     at = memory.plan(cfg, replace(run, micro_batch=mb))
@@ -239,3 +239,15 @@ def test_run_shape_follows_the_trainer_config(monkeypatch):
     assert got == (6, 1024, 512, 6, 24, 16)
     assert run.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
     assert memory.run_shape(parse_args(["--dtype=bf16"])).dtype == "bfloat16"
+
+
+def test_one_logprob_vocabulary_and_the_old_spelling_warns():
+    """The planner, grpo.logprobs and --logprob_impl name the head paths alike; the planner's old "naive" still plans
+    the reference head, with a DeprecationWarning."""
+    from grpo.logprobs import IMPLS
+    assert memory.LOGPROB_IMPLS == IMPLS
+    with pytest.warns(DeprecationWarning, match="spell it 'reference'"):
+        old = memory.RunShape(logprob_impl="naive")
+    assert old == memory.RunShape(logprob_impl="reference")
+    from grpo.config import parse_args
+    assert memory.run_shape(parse_args(["--logprob_impl=reference"])).logprob_impl == "reference"

@@ -51,3 +51,12 @@ def test_each_package_imports_from_this_tree():
     for name in _our_top_level_packages():
         origin = Path(importlib.util.find_spec(name).origin).resolve()
         assert origin.is_relative_to(ROOT), f"`import {name}` finds {origin}, not this repository"
+
+
+def test_shipped_code_never_imports_the_test_fixtures():
+    """Test fixtures (tests/loopback.py, tests/vllm_server.py) are not installed: a shipped module importing them
+    would work from a clone and fail on an installed copy."""
+    offenders = [str(p.relative_to(ROOT)) for name in _our_top_level_packages() for p in (ROOT / name).rglob("*.py")
+                 if re.search(r"^\s*(from|import)\s+tests\b", p.read_text(encoding="utf-8"), re.M)]
+    assert offenders == []
+    assert not (ROOT / "rewards" / "testing_server.py").exists()  # moved to tests/loopback.py

@@ -110,7 +110,7 @@ def test_dead_judge_stops_the_run_with_its_url_and_last_error(tmp_path, capsys):
     """Every request answers HTTP 500 (the client retries, then gives up): each step's rewards are all unknown.
     With --max_unknown_steps=2 the run stops at step 2 with rc 2 and one line naming the judge URL and the last
     error; the step-1 checkpoint is complete and loadable; each step's console line counts the failures."""
-    from rewards.testing_server import LoopbackJudgeServer
+    from tests.loopback import LoopbackJudgeServer
     with LoopbackJudgeServer(faults=lambda key, attempt: "500") as server:
         rc = cli(_judge_args(server, tmp_path) + ["--steps=6", "--save_every=1", "--max_unknown_steps=2"])
     captured = capsys.readouterr()
@@ -129,7 +129,7 @@ def test_dead_judge_stops_the_run_with_its_url_and_last_error(tmp_path, capsys):
 def test_judge_timeout_flag_reaches_the_client(tmp_path):
     """The first attempt of every request hangs for 3 s: with --judge_timeout=0.5 the client gives up on it and
     retries (2 attempts per request), instead of waiting for the hung reply (1 attempt, 3 s a step)."""
-    from rewards.testing_server import LoopbackJudgeServer
+    from tests.loopback import LoopbackJudgeServer
     with LoopbackJudgeServer(faults=lambda key, attempt: "slow" if attempt == 0 else None, slow_s=3.0) as server:
         main(_judge_args(server, tmp_path) + ["--steps=1", "--judge_timeout=0.5"])
         attempts = dict(server.attempts)

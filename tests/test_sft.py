@@ -74,12 +74,12 @@ def test_sft_flags_parse_like_train_flags():
     """Its own docstring's space-separated form and the --key=value form give the same config; unknown flags name
     the close match; --help lists every field."""
     from grpo.config import parse_args
-    from grpo.sft import SFTConfig, _validate
-    a = parse_args(["--data", "x.jsonl", "--out", "runs/sft", "--steps", "3"], SFTConfig, presets=None, check=_validate)
-    b = parse_args(["--data=x.jsonl", "--out=runs/sft", "--steps=3"], SFTConfig, presets=None, check=_validate)
+    from grpo.sft import SFTConfig
+    a = parse_args(["--data", "x.jsonl", "--out", "runs/sft", "--steps", "3"], SFTConfig)
+    b = parse_args(["--data=x.jsonl", "--out=runs/sft", "--steps=3"], SFTConfig)
     assert a == b and a.data == "x.jsonl" and a.steps == 3
     with pytest.raises(ValueError, match="did you mean --steps"):
-        parse_args(["--step=3"], SFTConfig, presets=None)
+        parse_args(["--step=3"], SFTConfig)
 
 
 def _torchrun_sft(n: int, args: list, out) -> float:

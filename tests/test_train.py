@@ -200,7 +200,7 @@ def test_gradient_checkpointing_changes_memory_not_math(tmp_path):
 def test_openai_judge_over_http_matches_the_keyword_judge_and_caches(tmp_path):
     """Training against an OpenAI-compatible server (loopback, grading by the keyword rule) gives exactly the rewards
     of the offline keyword judge; a rerun pays nothing: every verdict comes from the sqlite cache."""
-    from rewards.testing_server import LoopbackJudgeServer
+    from tests.loopback import LoopbackJudgeServer
     args = SMALL + ["--steps=2", "--save_every=2"]
     main(args + ["--judge=keyword", f"--out={tmp_path / 'offline'}"])
     with LoopbackJudgeServer() as server:

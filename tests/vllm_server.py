@@ -26,7 +26,7 @@ they equal the trainer's up to float rounding when no filter is active. Adapters
 peft.PeftModel.from_pretrained, as vLLM reads them (adapter_config.json + adapter_model.safetensors).
 
 faults(route, key, attempt) -> name scripts replies: "500" | "reset" | "slow" | "truncated_body" as in
-rewards/testing_server.py, plus "bad_tokens" (an id outside the vocabulary), "short" (one choice fewer than n),
+tests/loopback.py, plus "bad_tokens" (an id outside the vocabulary), "short" (one choice fewer than n),
 "abort" (finish_reason "abort").
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler
 import torch
 
 from grpo.rollout import filter_logits, sample_tokens
-from rewards.testing_server import LoopbackHTTP
+from tests.loopback import LoopbackHTTP
 
 FIELDS = {  # vLLM CompletionRequest fields this server implements or accepts
     "model", "prompt", "n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "logprobs",

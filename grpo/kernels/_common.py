@@ -24,6 +24,7 @@ HAS_TRITON = triton is not None
 # setting it later changes nothing, so tests that want the interpreter start a fresh process with it set.
 INTERPRET = HAS_TRITON and bool(triton.knobs.runtime.interpret)
 TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# Which backend runs a kernel — not which log-prob head path (grpo/logprobs.py IMPLS: fused | selective | reference).
 IMPLS = ("auto", "triton", "torch")
 
 # Every output buffer comes from here so tests can swap in a NaN-filled allocator ("poison") and catch rows or

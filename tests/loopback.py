@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible chat-completions server that grades like the keyword judge, with scripted faults.
 
-    python -m rewards.testing_server --latency 0.2          # serve in the foreground; prints the base URL
+    python -m tests.loopback --latency 0.2          # serve in the foreground; prints the base URL
 
 Used by tests/test_judge.py (fault tests through the real `openai` client) and bench/bench_judge.py (throughput).
 It reads the judge's own prompt format (rewards/judge_prompts.py): finds the response between the nonce markers,
