@@ -35,7 +35,8 @@ def _commands(text: str) -> list[str]:
     lines, out = text.splitlines(), []
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     for line in joined.splitlines():
-        if line.startswith("    ") and re.search(r"\bgrpo/(train|sft)\.py\b", line) and "torchrun" in line:
+        launches = re.match(r"(\w+=\S+\s+)*torchrun\s", line.strip())  # not `make demo  # ... torchrun ...`
+        if line.startswith("    ") and re.search(r"\bgrpo/(train|sft)\.py\b", line) and launches:
             out.append(line.strip())
     return out
 
@@ -47,8 +48,26 @@ def _readme_training() -> str:
     return text[start:end]
 
 
+def _sources() -> dict[str, str]:
+    """train.py's and sft.py's docstrings, README's Training section first (the order the ids had), then every other
+    grpo/ module docstring and the rest of the README: a command is documented wherever it is shown."""
+    import ast
+    out = {"grpo/train.py": grpo.train.__doc__, "grpo/sft.py": grpo.sft.__doc__, "README.md": _readme_training()}
+    for path in sorted((ROOT / "grpo").rglob("*.py")):
+        where = path.relative_to(ROOT).as_posix()
+        out.setdefault(where, ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "")
+    out["README.md (all)"] = (ROOT / "README.md").read_text(encoding="utf-8")
+    return out
+
+
+def _expected_errors(text: str) -> dict[str, str]:
+    """Commands the docs show failing: the command line, then an indented `error: ...` line (what the user sees)."""
+    found = re.findall(r"^ {4}(torchrun [^\n]*)\n {4}(error: [^#\n]*?)\s*(?:#.*)?$", text, flags=re.M)
+    return {cmd.strip(): err for cmd, err in found}
+
+
 def documented() -> list[tuple[str, str]]:
-    sources = {"grpo/train.py": grpo.train.__doc__, "grpo/sft.py": grpo.sft.__doc__, "README.md": _readme_training()}
+    sources = _sources()
     seen, out = set(), []
     for where, text in sources.items():
         for cmd in _commands(text):
@@ -64,12 +83,16 @@ def _skip_reason(args: list) -> str:
         return "the paper preset needs a 14B hub model on a GPU and an OpenAI API key"
     if "openai" in args or "--judge=openai" in args:
         return "an OpenAI-compatible judge needs an API key"
+    if "server" in args or "--rollout=server" in args:
+        return "a served rollout needs a running vLLM server (tests/test_rollout_server.py runs one)"
     return ""
 
 
 def _split(cmd: str) -> tuple[int, str, list]:
     """'torchrun [launcher flags] SCRIPT args' → (processes, script, args)."""
     tokens = [t for t in shlex.split(cmd, comments=True) if t != "..."]
+    while re.fullmatch(r"\w+=\S*", tokens[0]):  # an environment assignment before the launcher
+        tokens = tokens[1:]
     assert tokens[0] == "torchrun", cmd
     i = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
     launcher = dict(t[2:].split("=", 1) if "=" in t else (t[2:], "") for t in tokens[1:i])
@@ -95,6 +118,10 @@ def test_the_docs_show_the_commands_this_test_expects():
     cmds = [c for _, c in documented()]
     assert any("grpo/sft.py" in c for c in cmds) and any("--init_adapter" in c for c in cmds)
     assert any("--nproc_per_node=2" in c for c in cmds) and any("--help" in c for c in cmds)
+    assert "torchrun --standalone --nproc_per_node=2 grpo/train.py --steps 4" in cmds   # grpo/dist.py's docstring
+    assert "torchrun grpo/train.py --steps 0" in cmds                                    # README, Reliability
+    assert _expected_errors(_sources()["README.md (all)"])["torchrun grpo/train.py --steps 0"] == \
+        "error: --steps must be >= 1, got 0"
 
 
 @pytest.mark.slow
@@ -105,6 +132,12 @@ def test_documented_command_runs(where, cmd, workdir, monkeypatch, capsys):
         pytest.skip(reason)
     extra = TINY[script] + (["--steps=2"] if "--resume" in " ".join(args) else [])
     monkeypatch.chdir(workdir)
+    errors = {k: v for text in _sources().values() for k, v in _expected_errors(text).items()}
+    if cmd in errors:  # run as the user does: the script's own exit code and stderr, not main()'s exception
+        done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=workdir, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 2 and errors[cmd] in done.stderr, (done.returncode, done.stderr[-2000:])
+        return
     if "--help" in args:
         with pytest.raises(SystemExit) as done:
             ENTRY[script](args)

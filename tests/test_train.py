@@ -250,17 +250,48 @@ def test_init_adapter_reference_is_the_sft_policy(tmp_path, capsys):
     assert adapter_cfg["r"] == 8
 
 
-def test_per_token_metrics_do_not_depend_on_micro_batching(tmp_path):
+def _ragged_completions(monkeypatch):
+    """The tiny model never samples EOS in 16 tokens, so every completion is full length and token and sequence
+    weighting agree: end completion i after 1 + 5i mod T tokens (as if EOS), the same cut in every run."""
+    import dataclasses
+
+    import grpo.train as train
+    real_make_engine = train.make_engine
+
+    def make_engine(*a, **k):
+        engine = real_make_engine(*a, **k)
+        real_generate = engine.generate
+
+        def generate(*a, **k):
+            out = real_generate(*a, **k)
+            N, T = out.completion_mask.shape                                          # (B*G, T)
+            ends = 1 + (torch.arange(N) * 5) % T                                      # (B*G,) 1..T tokens kept
+            keep = (torch.arange(T)[None, :] < ends[:, None]).to(out.completion_mask.dtype)
+            return dataclasses.replace(out, completion_mask=out.completion_mask * keep)
+        engine.generate = generate
+        return engine
+    monkeypatch.setattr(train, "make_engine", make_engine)
+
+
+def test_per_token_metrics_do_not_depend_on_micro_batching(tmp_path, monkeypatch):
     """entropy (and kl, clip fractions) are token means over the whole step, loss/tokens its token count: the same
     for one micro-batch of 8 sequences as for 8 micro-batches of 1 (sequence weighting gives each short completion
-    the weight of a long one)."""
-    args = SMALL + ["--steps=1", "--num_generations=4", "--max_new_tokens=16", "--lr=1e-3"]
+    the weight of a long one). β > 0 and μ = 2: the second pass sees a moved policy, so kl and the clip fractions are
+    non-zero and their weighting shows."""
+    args = SMALL + ["--steps=1", "--num_generations=4", "--max_new_tokens=16", "--lr=1e-3", "--beta=0.1",
+                    "--num_iterations=2"]
+    _ragged_completions(monkeypatch)
     main(args + ["--micro_batch=0", f"--out={tmp_path / 'one'}"])
     main(args + ["--micro_batch=1", f"--out={tmp_path / 'many'}"])
     one, many = _metrics(tmp_path / "one")[0], _metrics(tmp_path / "many")[0]
+    assert one["completion_len"] < 16                                # ragged: token and sequence weights differ
     assert one["completion_len"] == many["completion_len"]       # same rollouts (noise keyed by sequence)
     assert one["loss/tokens"] == many["loss/tokens"] == pytest.approx(one["completion_len"] * 2 * 4)
     assert many["entropy"] == pytest.approx(one["entropy"], rel=1e-5)
+    clip = one["loss/clip_frac_low"] + one["loss/clip_frac_high"]
+    assert one["kl"] > 0 and clip > 0                            # the weighting below is not compared on zeros
+    for k in ("kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean"):
+        assert many[k] == pytest.approx(one[k], rel=1e-3, abs=1e-7), k  # μ's 2nd pass: after rounding-different updates
 
 
 def test_time_rollout_counts_every_dynamic_sampling_round_and_bf16_keeps_fp32_weights(tmp_path, monkeypatch):
