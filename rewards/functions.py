@@ -142,7 +142,7 @@ RATING_REWARDS: dict[str, Callable[[float | None], "float | None"]] = {
 }
 
 
-def reward_names() -> list[str]:
+def known_rewards() -> list[str]:
     """Every reward the trainer can use, verdict-based then rating-based."""
     return sorted(REWARDS) + sorted(RATING_REWARDS)
 
@@ -153,7 +153,7 @@ def needs(name: str) -> str:
         return "rating"
     if name in REWARDS:
         return "verdicts"
-    raise ValueError(f"reward {name!r} unknown; choose from {reward_names()}")
+    raise ValueError(f"reward {name!r} unknown; choose from {known_rewards()}")
 
 
 def score(name: str, rubric: Rubric, verdicts: Verdicts | None, rating: float | None) -> float | None:

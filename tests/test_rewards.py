@@ -102,8 +102,8 @@ def test_reward_variance_bench_runs(tmp_path):
 
 
 def test_registry_says_what_judge_output_each_reward_consumes():
-    from rewards import RATING_REWARDS, needs, reward_names, score
-    assert {n: needs(n) for n in reward_names()} == {"complexity": "verdicts", "healthbench": "verdicts",
+    from rewards import RATING_REWARDS, needs, known_rewards, score
+    assert {n: needs(n) for n in known_rewards()} == {"complexity": "verdicts", "healthbench": "verdicts",
                                                      "hybrid": "verdicts", "rar_explicit": "verdicts",
                                                      "rar_implicit": "rating"}
     assert set(RATING_REWARDS).isdisjoint(REWARDS)
