@@ -1,12 +1,14 @@
-"""Every training command the docs show runs: grpo/train.py's and grpo/sft.py's docstrings and README's Training
-section, with tiny overrides appended (later flags win) and the files they name made from the bundled sample.
+"""Every `torchrun grpo/train.py|grpo/sft.py` command the docs show runs (README, docs/*.md, module docstrings:
+tests/doc_commands.py collects them), with tiny overrides appended (later flags win) and the files they name made
+from the bundled sample.
 
     python -m pytest tests/test_commands.py
 
 One-process commands run in-process through the entry point's main() (what `torchrun --nproc_per_node=1` runs);
 multi-process ones through torch.distributed.run with 2 gloo processes (the FSDP2 example's 8 GPUs become 2 CPU
-processes). Skipped, and why: the paper preset (a 14B hub model on a GPU and an OpenAI API key) and any other
-`--judge openai` command (an API key). `...` in a command stands for the user's own flags and is dropped.
+processes). Skipped for the reason tests/doc_commands.py's SKIP gives: the paper preset (a 14B hub model on a GPU),
+`--judge openai` (an API key), `--rollout server` (a vLLM server). `...` stands for the user's own flags and is
+dropped. Every other documented command runs in tests/test_doc_commands.py.
 """
 import json
 import os
@@ -22,6 +24,7 @@ import pytest
 import grpo.sft
 import grpo.train
 from data import bundled_demo_path
+from tests import doc_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"grpo/train.py": ["--steps=1", "--prompts_per_step=2", "--num_generations=2", "--max_new_tokens=8",
@@ -30,62 +33,10 @@ TINY = {"grpo/train.py": ["--steps=1", "--prompts_per_step=2", "--num_generation
 ENTRY = {"grpo/train.py": grpo.train.main, "grpo/sft.py": grpo.sft.main}
 
 
-def _commands(text: str) -> list[str]:
-    """Indented code lines that launch grpo/train.py or grpo/sft.py, backslash continuations joined."""
-    lines, out = text.splitlines(), []
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    for line in joined.splitlines():
-        launches = re.match(r"(\w+=\S+\s+)*torchrun\s", line.strip())  # not `make demo  # ... torchrun ...`
-        if line.startswith("    ") and re.search(r"\bgrpo/(train|sft)\.py\b", line) and launches:
-            out.append(line.strip())
-    return out
-
-
-def _readme_training() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Training")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
-
-
-def _sources() -> dict[str, str]:
-    """train.py's and sft.py's docstrings, README's Training section first (the order the ids had), then every other
-    grpo/ module docstring and the rest of the README: a command is documented wherever it is shown."""
-    import ast
-    out = {"grpo/train.py": grpo.train.__doc__, "grpo/sft.py": grpo.sft.__doc__, "README.md": _readme_training()}
-    for path in sorted((ROOT / "grpo").rglob("*.py")):
-        where = path.relative_to(ROOT).as_posix()
-        out.setdefault(where, ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "")
-    out["README.md (all)"] = (ROOT / "README.md").read_text(encoding="utf-8")
-    return out
-
-
-def _expected_errors(text: str) -> dict[str, str]:
-    """Commands the docs show failing: the command line, then an indented `error: ...` line (what the user sees)."""
-    found = re.findall(r"^ {4}(torchrun [^\n]*)\n {4}(error: [^#\n]*?)\s*(?:#.*)?$", text, flags=re.M)
-    return {cmd.strip(): err for cmd, err in found}
-
-
 def documented() -> list[tuple[str, str]]:
-    sources = _sources()
-    seen, out = set(), []
-    for where, text in sources.items():
-        for cmd in _commands(text):
-            key = tuple(shlex.split(cmd, comments=True))
-            if key not in seen:  # the README repeats some docstring commands: run each once, in order
-                seen.add(key)
-                out.append((where, cmd))
-    return out
-
-
-def _skip_reason(args: list) -> str:
-    if "qwen3-14b-rtx6000" in args or any(a.startswith("--preset=qwen3") for a in args):
-        return "the paper preset needs a 14B hub model on a GPU and an OpenAI API key"
-    if "openai" in args or "--judge=openai" in args:
-        return "an OpenAI-compatible judge needs an API key"
-    if "server" in args or "--rollout=server" in args:
-        return "a served rollout needs a running vLLM server (tests/test_rollout_server.py runs one)"
-    return ""
+    """The torchrun grpo/train.py|grpo/sft.py lines of every doc (tests/doc_commands.py collects them)."""
+    return [(w, c) for w, c in doc_commands.documented()
+            if re.match(r"(\w+=\S*\s+)*torchrun\s", c) and re.search(r"\bgrpo/(train|sft)\.py\b", c)]
 
 
 def _split(cmd: str) -> tuple[int, str, list]:
@@ -120,19 +71,19 @@ def test_the_docs_show_the_commands_this_test_expects():
     assert any("--nproc_per_node=2" in c for c in cmds) and any("--help" in c for c in cmds)
     assert "torchrun --standalone --nproc_per_node=2 grpo/train.py --steps 4" in cmds   # grpo/dist.py's docstring
     assert "torchrun grpo/train.py --steps 0" in cmds                                    # README, Reliability
-    assert _expected_errors(_sources()["README.md (all)"])["torchrun grpo/train.py --steps 0"] == \
-        "error: --steps must be >= 1, got 0"
+    assert "torchrun grpo/train.py --judge local" in cmds                                # rewards/local_judge.py
+    assert doc_commands.expected_errors()["torchrun grpo/train.py --steps 0"] == "error: --steps must be >= 1, got 0"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where, cmd", documented(), ids=[c for _, c in documented()])
 def test_documented_command_runs(where, cmd, workdir, monkeypatch, capsys):
     n, script, args = _split(cmd)
-    if reason := _skip_reason(args):
+    if reason := doc_commands.skip_reason(cmd):
         pytest.skip(reason)
     extra = TINY[script] + (["--steps=2"] if "--resume" in " ".join(args) else [])
     monkeypatch.chdir(workdir)
-    errors = {k: v for text in _sources().values() for k, v in _expected_errors(text).items()}
+    errors = doc_commands.expected_errors()
     if cmd in errors:  # run as the user does: the script's own exit code and stderr, not main()'s exception
         done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=workdir, capture_output=True,
                               text=True, timeout=300)
