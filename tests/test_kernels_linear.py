@@ -9,17 +9,13 @@ sees the same values in fp64, so the only error measured is the kernel's own. Ou
 import importlib
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from grpo import kernels
 from grpo.kernels import _common
-from test_kernels_logprobs import DEVICE, IMPLS, TRITON_HERE, check_logp, run_interpreted
+from test_kernels_logprobs import DEVICE, IMPLS, TRITON_HERE, check_logp, run_bench, run_interpreted
 
 lin = importlib.import_module("grpo.kernels.linear_logprobs")  # `kernels.linear_logprobs` is the function
 # Gradients are sums over V (dhidden) or N (dW) terms of either sign, so each entry's error is judged against the
@@ -74,11 +70,15 @@ def make_inputs(N, H, V, dtype, seed, weight_grad):
 # N = 1 and 37; V = 1823 (not a multiple of BLOCK_V = 128 or of the 700-column torch chunk); H = 96 (not a multiple
 # of BLOCK_H = 64); H = 5120 (Qwen3-14B) with small N; V = 151,936 (Qwen3 vocab) with N = 2.
 SHAPES = [(1, 64, 1823), (37, 96, 1823), (3, 5120, 300), (2, 64, 151_936)]
+# Under TRITON_INTERPRET the Qwen3 vocabulary is 2 × 1,187 interpreted tiles (~50 s in bf16, whose dot is emulated):
+# it runs there in fp32 only. The vocabulary tiling is the same for every dtype (BLOCK_V = 128), bf16's arithmetic is
+# checked at the other three shapes, and on CUDA every combination runs.
+CASES = [pytest.param(impl, dtype, N, H, V, id=f"{N}-{H}-{V}-{name}-{impl}")
+         for N, H, V in SHAPES for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")) for impl in IMPLS
+         if not (impl == "triton" and kernels.INTERPRET and V == 151_936 and dtype == torch.bfloat16)]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("N,H,V", SHAPES)
+@pytest.mark.parametrize("impl, dtype, N, H, V", CASES)
 def test_matches_fp64(impl, dtype, N, H, V):
     temperature, weight_grad = (0.7, True) if N != 2 else (1.0, False)   # the big vocab once, frozen head
     hidden, weight, targets, g = make_inputs(N, H, V, dtype, N * H + V, weight_grad)
@@ -162,13 +162,9 @@ def test_triton_cases_in_interpreter():
     run_interpreted(__file__)
 
 
-def test_bench_script_runs_on_cpu():
+def test_bench_script_runs_on_cpu(monkeypatch, capsys):
     """bench/bench_kernels.py at a tiny shape: table, then a JSON last line whose numbers are sane."""
-    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
-    r = subprocess.run([sys.executable, str(script), "--n", "37", "--h", "32", "--v", "1000", "--reps", "1"],
-                       capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = r.stdout.strip().splitlines()
+    lines = run_bench(["--n", "37", "--h", "32", "--v", "1000", "--reps", "1"], monkeypatch, capsys)
     assert any(line.startswith("linear N=37") for line in lines)
     result = json.loads(lines[-1])
     for kind in ("linear", "selective"):

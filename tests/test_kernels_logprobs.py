@@ -3,19 +3,24 @@
     python -m pytest tests/test_kernels_logprobs.py
 
 The torch path runs in this process. The Triton path runs in this process on a CUDA machine; on a CPU,
-test_triton_cases_in_interpreter reruns this file's `triton` cases in a subprocess with TRITON_INTERPRET=1 —
-triton reads that variable when the kernels are decorated (at `import grpo.kernels`), so it cannot be switched on
-inside a pytest process that has already imported them.
+test_triton_cases_in_interpreter reruns this file's `triton` cases in a subprocess with TRITON_INTERPRET=1 (one
+subprocess for the three kernel test files, run_interpreted) — triton reads that variable when the kernels are
+decorated (at `import grpo.kernels`), so it cannot be switched on inside a pytest process that has already imported
+them.
 
 Tolerances: log-probs feed the PPO ratio exp(logp − old_logp), so each token must satisfy
 |exp(logp − logp_fp64) − 1| ≤ 2e-3 for bf16 inputs and ≤ 1e-5 for fp32 (plus fp32's own rounding of the
 output value, 2^-22·|logp|, which matters only at logits ≈ 1e4). Every output buffer is NaN-poisoned first.
 """
+import functools
 import importlib
 import math
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -157,10 +162,41 @@ def test_triton_cases_in_interpreter():
     run_interpreted(__file__)
 
 
+def run_bench(argv: list[str], monkeypatch, capsys) -> list[str]:
+    """bench/bench_kernels.py with these flags in this process (no second interpreter start): its stdout lines."""
+    import runpy
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    runpy.run_path(str(script), run_name="__main__")
+    return capsys.readouterr().out.strip().splitlines()
+
+
+INTERPRETED = ("test_kernels_logprobs.py", "test_kernels_linear.py", "test_kernels_sampling.py")
+
+
+@functools.cache
+def _interpreted_outcomes() -> dict[str, dict[str, str]]:
+    """One TRITON_INTERPRET=1 pytest process for the `triton` cases of every kernel test file (one interpreter start
+    instead of three): {file name: {test id: outcome}}, read from its JUnit XML."""
+    here = pathlib.Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = pathlib.Path(tmp) / "junit.xml"
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                            *(str(here / f) for f in INTERPRETED), "-k", "triton and not interpreter"],
+                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True)
+        assert r.returncode in (0, 1), r.stdout[-8000:] + r.stderr[-2000:]  # 1: some case failed, reported per file
+        out: dict[str, dict[str, str]] = {f: {} for f in INTERPRETED}
+        for case in ElementTree.parse(xml).iter("testcase"):
+            outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+            detail = next((c.get("message", "") + "\n" + (c.text or "")[-3000:] for c in case
+                           if c.tag in ("failure", "error")), "")
+            out[case.get("classname").rsplit(".", 1)[-1] + ".py"][case.get("name")] = outcome + detail
+    return out
+
+
 def run_interpreted(path):
-    """Reruns the `triton` cases of a test file under TRITON_INTERPRET=1 in a fresh process."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path,
-                        "-k", "triton and not interpreter"], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " skipped" not in r.stdout, r.stdout[-2000:]
+    """The `triton` cases of the test file at `path`, run under TRITON_INTERPRET=1: all passed, none skipped."""
+    outcomes = _interpreted_outcomes()[pathlib.Path(path).name]
+    assert outcomes, "no triton case ran"
+    bad = {name: o for name, o in outcomes.items() if o != "passed"}
+    assert not bad, "\n".join(f"{name}: {o}" for name, o in bad.items())

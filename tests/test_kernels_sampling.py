@@ -14,7 +14,7 @@ import torch
 from grpo import kernels
 from grpo import rollout
 from grpo.kernels import _common, sampling
-from test_kernels_logprobs import DEVICE, IMPLS, TRITON_HERE, run_interpreted
+from test_kernels_logprobs import DEVICE, IMPLS, TRITON_HERE, run_bench, run_interpreted
 
 FILTERS = {"none": dict(top_k=0, top_p=1.0, min_p=0.0), "top_k": dict(top_k=20, top_p=1.0, min_p=0.0),
            "top_p": dict(top_k=0, top_p=0.9, min_p=0.0), "min_p": dict(top_k=0, top_p=1.0, min_p=0.1),
@@ -192,16 +192,8 @@ def test_triton_cases_in_interpreter():
     run_interpreted(__file__)
 
 
-def test_bench_sampler_runs_on_cpu():
+def test_bench_sampler_runs_on_cpu(monkeypatch, capsys):
     """bench/bench_kernels.py --sampler at a tiny shape: a table, then a JSON last line with every method agreeing."""
     import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
-    r = subprocess.run([sys.executable, str(script), "--sampler", "--n", "3", "--v", "500", "--reps", "1"],
-                       capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = json.loads(r.stdout.strip().splitlines()[-1])["sampler"]["3"]
+    rows = json.loads(run_bench(["--sampler", "--n", "3", "--v", "500", "--reps", "1"], monkeypatch, capsys)[-1])["sampler"]["3"]
     assert len(rows) >= 2 and all(row["same_tokens"] and row["ms"] > 0 for row in rows)
