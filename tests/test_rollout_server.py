@@ -321,13 +321,23 @@ def test_two_ranks_share_one_engine(base, tmp_path):
     for n in (1, 2):
         with LoopbackVLLM(*base) as server:
             args = SERVED + ["--prompts_per_step=4", "--steps=2", "--save_every=2",
-                             f"--rollout_base_url={server.url}", f"--rollout_model={server.name}"]
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
-                   f"--master_port={_free_port()}", str(root / "grpo" / "train.py"), *args,
-                   f"--out={tmp_path / str(n)}"]
-            done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                                  timeout=300)
-            assert done.returncode == 0, done.stderr[-3000:]
+                             f"--rollout_base_url={server.url}", f"--rollout_model={server.name}",
+                             f"--out={tmp_path / str(n)}"]
+            if n == 1:  # what `torchrun --nproc_per_node=1` runs, in this process (one interpreter start saved)
+                from grpo.train import main
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 gives the two ranks below
+                try:
+                    main(args)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
+                       "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(root / "grpo" / "train.py"),
+                       *args]
+                done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                      text=True, timeout=300)
+                assert done.returncode == 0, done.stderr[-3000:]
             assert [name for name, _ in server.loads] == ["grpo-step0", "grpo-step1", "grpo-step2"]  # once each
             assert server.served_by == ["grpo-step0"] * 4 + ["grpo-step1"] * 4
         rows = [json.loads(line) for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()]
