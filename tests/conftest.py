@@ -1,11 +1,17 @@
-"""Shared test setup: hypothesis profiles and the location of the real data samples.
+"""Shared test setup: one intra-op thread, hypothesis profiles and the location of the real data samples.
 
 `pytest` uses the derandomized `ci` profile; `HYPOTHESIS_PROFILE=long pytest tests/test_reward_invariants.py`
-explores far more examples locally.
+explores far more examples locally. Tests run with OMP_NUM_THREADS=1 unless it is set: the suite's models are tiny
+(hidden 64), so a second OpenMP thread only adds synchronisation, and on a loaded 2-core box it spin-waits for a core
+(test_reliability, test_checkpoint and test_evaluate: 25-32 s with one thread, 47-71 s with two at load 2-3; the
+tests that time one model forward already pinned it, tests/test_judge.py: 5 ms vs 0.5 s on CI). It is set before
+torch is imported, so subprocesses (torchrun ranks, the Triton interpreter run) inherit it too.
 """
 import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from hypothesis import HealthCheck, settings

@@ -83,7 +83,7 @@ def test_step_without_signal_is_skipped_and_counted(tmp_path, monkeypatch):
         return float(calls["n"] % 3) if step == 1 else script[step]
     monkeypatch.setitem(REWARDS, "hybrid", scripted)
     main(SMALL + ["--steps=5", "--save_every=1", "--keep_last=5", "--weight_decay=0.01", "--max_unknown_steps=0",
-                  f"--out={tmp_path}"])
+                  "--max_new_tokens=4", f"--out={tmp_path}"])  # the rewards are scripted: 4 tokens say as much as 12
     ckpts = sorted((tmp_path / "checkpoints").glob("step-*"))
     assert [c.name for c in ckpts] == [f"step-{k:06d}" for k in range(1, 6)]
     w0 = _state(ckpts[0])[0]
