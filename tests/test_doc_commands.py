@@ -131,16 +131,25 @@ def runner(cmd: str) -> list[str]:
     return [p for p in RUN if re.search(p, cmd)]
 
 
-def test_every_command_is_run_or_skipped():
-    """Exactly one of: one RUN row, or a SKIP reason (a command shown without either fails here, with its place)."""
+def uncovered(cmds: list[tuple[str, str]]) -> list[str]:
+    """The commands matched by no RUN row and no SKIP reason, or by both, or by two RUN rows."""
     bad = []
-    for where, cmd in documented():
+    for where, cmd in cmds:
         runs, why = runner(cmd), skip_reason(cmd)
         if why:  # tests/test_commands.py runs every torchrun line that SKIP does not name
             runs = [p for p in runs if p != TORCHRUN]
         if len(runs) + bool(why) != 1:
             bad.append(f"{where}: {cmd!r}: RUN rows {runs}, skip {why!r}")
+    return bad
+
+
+def test_every_command_is_run_or_skipped():
+    """Exactly one of: one RUN row, or a SKIP reason (a command shown without either fails here, with its place)."""
+    bad = uncovered(documented())
     assert not bad, "\n".join(bad)
+    new = [("grpo/x.py", "python -m grpo.x --y 1"), ("bench/x.py", "python bench/memory.py --shape qwen3-8b"),
+           ("README.md", "make demo --what"), ("data/x.py", "torchrun grpo/train.py --steps 2")]
+    assert [b.split(":")[0] for b in uncovered(new)] == ["grpo/x.py", "bench/x.py"]  # a new command fails the suite
     unused = [p for p in RUN if not any(re.search(p, c) for _, c in documented())]
     unused += [p for p in SKIP if not any(re.search(p, c) for _, c in documented())]
     assert not unused, f"rows that match no documented command (stale): {unused}"
