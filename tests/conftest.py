@@ -33,3 +33,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data not present (fresh clone)")
     return SHARED_DATA
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: only when an interpreter test will run
+def pytest_collection_modifyitems(items):
+    """Start the kernels' TRITON_INTERPRET=1 run in the background (tests/test_kernels_logprobs.py run_interpreted)."""
+    if any(item.name == "test_triton_cases_in_interpreter" for item in items):
+        sys.modules["test_kernels_logprobs"].start_interpreted()  # every kernel test file imports it
+
+
+def pytest_sessionfinish(session):
+    module = sys.modules.get("test_kernels_logprobs")
+    if module is not None:
+        module.stop_interpreted()

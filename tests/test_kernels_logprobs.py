@@ -17,6 +17,7 @@ import importlib
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,23 +175,50 @@ def run_bench(argv: list[str], monkeypatch, capsys) -> list[str]:
 INTERPRETED = ("test_kernels_logprobs.py", "test_kernels_linear.py", "test_kernels_sampling.py")
 
 
+_BACKGROUND: dict = {}  # the one interpreter run: its Popen, JUnit XML path and output file
+
+
+def start_interpreted() -> None:
+    """Start one TRITON_INTERPRET=1 pytest process for the `triton` cases of every kernel test file (one interpreter
+    start instead of three). conftest.py calls this as soon as the tests are selected, so on a 2-core box it runs
+    beside the rest of the suite (whose tests use one thread each) instead of after it; a second call does nothing."""
+    if _BACKGROUND or not kernels.HAS_TRITON or TRITON_HERE:
+        return
+    here = pathlib.Path(__file__).resolve().parent
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="triton-interpreted-"))
+    log = open(tmp / "output.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             f"--junitxml={tmp / 'junit.xml'}", *(str(here / f) for f in INTERPRETED),
+                             "-k", "triton and not interpreter"],
+                            env=dict(os.environ, TRITON_INTERPRET="1"), stdout=log, stderr=subprocess.STDOUT)
+    _BACKGROUND.update(proc=proc, tmp=tmp, log=log)
+
+
+def stop_interpreted() -> None:
+    """End the background run if no test waited for it (an interrupted session), and remove its files."""
+    if _BACKGROUND:
+        if _BACKGROUND["proc"].poll() is None:
+            _BACKGROUND["proc"].kill()
+            _BACKGROUND["proc"].wait()
+        _BACKGROUND["log"].close()
+        shutil.rmtree(_BACKGROUND["tmp"], ignore_errors=True)
+
+
 @functools.cache
 def _interpreted_outcomes() -> dict[str, dict[str, str]]:
-    """One TRITON_INTERPRET=1 pytest process for the `triton` cases of every kernel test file (one interpreter start
-    instead of three): {file name: {test id: outcome}}, read from its JUnit XML."""
-    here = pathlib.Path(__file__).resolve().parent
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = pathlib.Path(tmp) / "junit.xml"
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                            *(str(here / f) for f in INTERPRETED), "-k", "triton and not interpreter"],
-                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True)
-        assert r.returncode in (0, 1), r.stdout[-8000:] + r.stderr[-2000:]  # 1: some case failed, reported per file
-        out: dict[str, dict[str, str]] = {f: {} for f in INTERPRETED}
-        for case in ElementTree.parse(xml).iter("testcase"):
-            outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
-            detail = next((c.get("message", "") + "\n" + (c.text or "")[-3000:] for c in case
-                           if c.tag in ("failure", "error")), "")
-            out[case.get("classname").rsplit(".", 1)[-1] + ".py"][case.get("name")] = outcome + detail
+    """{file name: {test id: outcome}} of the interpreter run, read from its JUnit XML (started here if conftest did
+    not)."""
+    start_interpreted()
+    proc, tmp, log = _BACKGROUND["proc"], _BACKGROUND["tmp"], _BACKGROUND["log"]
+    rc = proc.wait()
+    log.seek(0)
+    assert rc in (0, 1), log.read()[-8000:]  # 1: some case failed, reported per file below
+    out: dict[str, dict[str, str]] = {f: {} for f in INTERPRETED}
+    for case in ElementTree.parse(tmp / "junit.xml").iter("testcase"):
+        outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+        detail = next((c.get("message", "") + "\n" + (c.text or "")[-3000:] for c in case
+                       if c.tag in ("failure", "error")), "")
+        out[case.get("classname").rsplit(".", 1)[-1] + ".py"][case.get("name")] = outcome + detail
     return out
 
 
