@@ -17,7 +17,9 @@ Phases: prefill (the prompt forward inside the rollout, timed by hooks on the mo
 prefill), decode (rest of the rollout; `--rollout` picks the engine, grpo.rollout.ENGINES), judge, old log-probs (only when --num-iterations > 1), ref log-probs (only when --beta > 0), policy forward,
 policy backward, optimizer (clip + AdamW). Completions always run to --completion-len (no EOS), so every step has the
 same shape. Random-weight models write noise, so the judge is timed on the bundled demo's reference answers (real
-text of real length); with --model PATH it grades the decoded completions.
+text of real length); with --model PATH it grades the decoded completions. The update trains on random N(0, 1)
+rewards (the judge's Hybrid reward is logged beside them): every group varies, so no step is skipped as no-signal
+and every measured step runs every phase.
 
 Timing: on CUDA every phase boundary synchronizes, so a phase's time is its device work. Memory: on CUDA the peak of
 torch.cuda.max_memory_allocated, reset at each phase start (what the planner predicts; excludes the CUDA context and
@@ -46,17 +48,18 @@ sys.path.insert(0, str(ROOT))  # run from a clone without `pip install -e`
 import torch  # noqa: E402
 from torch.profiler import record_function  # noqa: E402
 
-from grpo.advantages import group_advantages  # noqa: E402
-from grpo.logprobs import IMPLS, completion_logprobs  # noqa: E402
-from grpo.config import Config  # noqa: E402
-from grpo.loss import LOSSES, combine  # noqa: E402
+from grpo.config import TrainConfig  # noqa: E402
+from grpo.dist import parallelize  # noqa: E402
+from grpo.logprobs import IMPLS  # noqa: E402
+from grpo.loss import LOSSES  # noqa: E402
 from grpo.model import SHAPES, Reference, add_lora, default_dtype, load_model, random_model  # noqa: E402
-from grpo.rollout import ENGINES, completion_masks, make_engine  # noqa: E402
+from grpo.rollout import ENGINES, Rollouts, completion_masks, make_engine  # noqa: E402
+from grpo.step import Learner, grpo_step  # noqa: E402
 
 GB = 1e9
 PHASES = ("prefill", "decode", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
 MEM_PHASES = ("rollout", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
-TRAIN = Config()  # the trainer's defaults: ε, grad clip, temperature
+TRAIN = TrainConfig()  # the trainer's defaults: ε, grad clip, temperature
 TRAIN_PHASES = ("old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")  # the planner's "train" peak
 LABELS = {"prefill": "prefill", "decode": "decode", "rollout": "rollout", "judge": "judge", "old_logp": "old log-probs",
           "ref_logp": "ref log-probs", "policy_fwd": "policy forward", "policy_bwd": "policy backward",
@@ -232,56 +235,43 @@ def make_reward_fn(a, tokenizer):
 NO_EOS = torch.tensor([], dtype=torch.long)  # decode every sequence to --completion-len
 
 
-def grpo_step(step: int, model, reference, optimizer, params, reward_fn, a, impl: str, clock: Clock, V: int, engine):
-    """One GRPO step on random prompts, composed as grpo/train.py composes it; every phase inside `clock`."""
+def step_config(a, impl: str) -> TrainConfig:
+    """The trainer's config for the step this bench runs: its defaults, with the bench's shape and switches."""
+    return TrainConfig(prompts_per_step=a.prompts, num_generations=a.G, max_new_tokens=a.completion_len,
+                       micro_batch=a.micro_batch, rollout_batch=a.rollout_batch, loss=a.loss, beta=a.beta,
+                       eps_low=a.eps_low, eps_high=a.eps_high, grad_clip=a.grad_clip, temperature=a.temperature,
+                       num_iterations=a.num_iterations, logprob_impl=impl, min_p=a.min_p, rollout=a.rollout,
+                       reward="random", log_rewards="hybrid", seed=a.seed)
+
+
+def random_prompts_draw(step: int, model, engine, reward_fn, a, V: int):
+    """grpo.step's draw(clock) for the bench: B random prompts of P tokens, G samples each decoded to exactly T
+    tokens (no EOS), graded by reward_fn (timed, logged) and trained on random rewards — every step has the same
+    shape and runs every phase."""
     device = next(model.parameters()).device
     B, G, P, T = a.prompts, a.G, a.prompt_len, a.completion_len
     S, R = B * G, a.rollout_batch or B * G
-    prompt_ids = torch.randint(0, V, (B, P), generator=torch.Generator().manual_seed(a.seed + step))
-    prompt_ids = prompt_ids.repeat_interleave(G, 0).to(device)                    # (S, P) G samples per prompt
-    prompt_mask = torch.ones_like(prompt_ids)                                     # (S, P)
-    with clock("rollout"), prefill_timer(model, clock):
-        completion = torch.cat([engine.sample_tokens(model, prompt_ids[i:i + R], prompt_mask[i:i + R], eos=NO_EOS.to(device),
-                                              pad=0, max_new_tokens=T, temperature=a.temperature, min_p=a.min_p,
-                                              seed=a.seed, seq_offset=step * S + i) for i in range(0, S, R)])  # (S, T)
-    cmask, _ = completion_masks(completion, NO_EOS.to(device))                    # (S, T) all ones
-    input_ids = torch.cat([prompt_ids, completion], 1)                            # (S, P+T)
-    attn = torch.cat([prompt_mask, cmask], 1)                                     # (S, P+T)
-    with clock("judge"):
-        rewards = reward_fn(step, completion)                                     # (B, G)
-    advantages = group_advantages(rewards).reshape(-1).to(device)                 # (S,)
+    eos = NO_EOS.to(device)
 
-    chunks = [slice(i, min(i + a.micro_batch, S)) for i in range(0, S, a.micro_batch)]
-    old_logp = ref_logp = None
-    with torch.no_grad():
-        if a.num_iterations > 1:
-            with clock("old_logp"):
-                old_logp = torch.cat([completion_logprobs(model, input_ids[c], attn[c], cmask[c], impl=impl,
-                                                          temperature=a.temperature)
-                                      for c in chunks])                           # (S, T)
-        if a.beta > 0:
-            with clock("ref_logp"), reference.active() as ref_model:
-                ref_logp = torch.cat([completion_logprobs(ref_model, input_ids[c], attn[c], cmask[c], impl=impl,
-                                                          temperature=a.temperature)
-                                      for c in chunks])                           # (S, T)
-    num_tokens = cmask.sum().float()
-    loss_fn = LOSSES[a.loss]
-    for _ in range(a.num_iterations):
-        for c in chunks:
-            with clock("policy_fwd"):
-                logp, _ = completion_logprobs(model, input_ids[c], attn[c], cmask[c], impl=impl, with_entropy=True,
-                                              temperature=a.temperature)
-                old = old_logp[c] if old_logp is not None else logp.detach()
-                loss, _ = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
-                                  eps_low=a.eps_low, eps_high=a.eps_high, beta=a.beta, max_len=T, num_tokens=num_tokens)
-                scale = combine(a.loss, (c.stop - c.start) / S, 1).grad  # one process
-            with clock("policy_bwd"):
-                (loss * scale).backward()
-                del logp, loss
-        with clock("optimizer"):
-            torch.nn.utils.clip_grad_norm_(params, a.grad_clip if a.grad_clip > 0 else float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    def draw(clock):
+        prompt_ids = torch.randint(0, V, (B, P), generator=torch.Generator().manual_seed(a.seed + step))
+        prompt_ids = prompt_ids.repeat_interleave(G, 0).to(device)                # (S, P) G samples per prompt
+        prompt_mask = torch.ones_like(prompt_ids)                                 # (S, P)
+        with clock("rollout"), prefill_timer(model, clock):
+            completion = torch.cat([engine.sample_tokens(model, prompt_ids[i:i + R], prompt_mask[i:i + R], eos=eos,
+                                                         pad=0, max_new_tokens=T, temperature=a.temperature,
+                                                         min_p=a.min_p, seed=a.seed, seq_offset=step * S + i)
+                                    for i in range(0, S, R)])                     # (S, T)
+        cmask, _ = completion_masks(completion, eos)                              # (S, T) all ones
+        with clock("judge"):
+            graded = reward_fn(step, completion)                                  # (B, G)
+        noise = torch.randn(B, G, generator=torch.Generator().manual_seed(a.seed * 7919 + step))  # (B, G)
+        roll = Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion,
+                        completion_mask=cmask, texts=[], truncated=torch.ones(S, dtype=torch.bool),
+                        num_generations=G)
+        return roll, {"random": noise, "hybrid": graded}, {"rollout_tokens": cmask.sum()}
+
+    return draw
 
 
 # ------------------------------------------------------------------------------------------------------- memory
@@ -389,7 +379,10 @@ def bench(a, model, tokenizer, V: int, cfg, device, dtype, impl: str) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     reward_fn, graded = make_reward_fn(a, tokenizer)
     engine = make_engine(a.rollout)
-    run = lambda step, clock: grpo_step(step, model, reference, optimizer, params, reward_fn, a, impl, clock, V, engine)  # noqa: E731
+    learner = Learner(parallelize(model, "none"), reference, optimizer, params, device=device)
+    train_cfg = step_config(a, impl)
+    run = lambda step, clock: grpo_step(random_prompts_draw(step, model, engine, reward_fn, a, V),  # noqa: E731
+                                        learner, train_cfg, clock, pad_id=0)
 
     for step in range(a.warmup):
         run(step, Clock(device))

@@ -195,6 +195,15 @@ def cli(main: Callable, argv: list, errors: tuple = (ValueError, FileNotFoundErr
         return 2
 
 
+def check_judge(judge: str, mode: str) -> None:
+    """--judge and --judge_mode, for every entry point that grades (rewards.judge.JUDGES, rewards.judge_base.MODES)."""
+    from rewards.judge import JUDGES, MODES
+    if judge not in JUDGES:
+        raise ValueError(f"--judge={judge} must be {' | '.join(JUDGES)}")
+    if mode not in MODES:
+        raise ValueError(f"--judge_mode={mode} must be {' | '.join(MODES)}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Errors a user can cause, each naming the fix — checked here, before any model or data loads."""
     import math
@@ -229,8 +238,7 @@ def validate(cfg: TrainConfig) -> None:
     from rewards import needs
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss={cfg.loss} unknown; choose one of {sorted(LOSSES)}")
-    if cfg.judge not in ("keyword", "openai", "local"):
-        raise ValueError(f"--judge={cfg.judge} must be keyword | openai | local")
+    check_judge(cfg.judge, cfg.judge_mode)
     for name in reward_names(cfg):  # needs() raises on an unknown name, listing the known ones
         if needs(name) == "rating" and cfg.judge != "openai":
             raise ValueError(f"{name} needs a rating judge: use --judge=openai")
@@ -343,10 +351,7 @@ EVAL_PRESETS: dict[str, dict] = {
 def validate_eval(cfg: EvalConfig) -> None:
     """Evaluation flag errors a user can cause, each naming the fix."""
     import math
-    if cfg.judge not in ("keyword", "openai", "local"):
-        raise ValueError(f"--judge={cfg.judge} must be keyword | openai | local")
-    if cfg.judge_mode not in ("per_criterion", "per_completion"):
-        raise ValueError(f"--judge_mode={cfg.judge_mode} must be per_criterion | per_completion")
+    check_judge(cfg.judge, cfg.judge_mode)
     for name in ("n", "limit", "bootstrap"):
         if (getattr(cfg, name) or 0) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(cfg, name)}")

@@ -5,9 +5,11 @@
     torchrun grpo/train.py --preset qwen3-14b-rtx6000 --data heart_grpo.jsonl --judge_model gpt-4.1-mini
     torchrun grpo/train.py --resume auto --out runs/demo      # continue the latest checkpoint exactly
 
-One step: B prompts → G samples each (grpo/rollout.py) → the judge grades every rubric criterion (rewards/judge.py)
-→ a rubric reward per sample (rewards/functions.py) → group-relative advantages (grpo/advantages.py) → log-probs of
-completion tokens only (grpo/logprobs.py → grpo/kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW.
+One step (grpo/step.py `grpo_step`, the same function bench/throughput.py times): B prompts → G samples each
+(grpo/rollout.py) → the judge grades every rubric criterion (rewards/judge.py) → a rubric reward per sample
+(rewards/functions.py) → group-relative advantages (grpo/advantages.py) → log-probs of completion tokens only
+(grpo/logprobs.py → grpo/kernels/) → clipped surrogate + β·KL_k3 (grpo/loss.py) → AdamW. This file sets it up, draws
+the prompts, grades them, logs and checkpoints.
 
 How this departs from the GRPO paper, frankly: the reference policy is the model with the LoRA adapter switched off
 (no second copy; after an SFT warm start it is the SFT model, through a frozen copy of the SFT adapter that GRPO
@@ -35,16 +37,14 @@ from data import load_samples, resolve_data_path
 from data.loaders import clip_messages
 from data.format import parse, to_messages
 from grpo import checkpoint, config, dist
-from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
 from grpo import kernels
-from grpo.logprobs import check_kernels, completion_logprobs
-from grpo.loss import LOSSES, combine, logp_gap, truncated_is_weights
+from grpo.logprobs import check_kernels
 from grpo.metrics import NullLogger, RunLogger, peak_memory_gb
 from grpo.model import (Reference, add_lora, autocast, compute_dtype, continue_adapter, load_model, merge_adapter,
                         weights_dtype)
 from grpo.rollout import make_engine
-from grpo.step import keep_varied_groups
+from grpo.step import TRAIN_PHASES, Clock, Learner, grpo_step
 from rewards import needs as reward_needs, score as reward_score
 from rewards.judge import grade_sync, make_judge, rate_sync
 
@@ -134,7 +134,7 @@ def main(argv: list) -> None:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_updates = cfg.steps * cfg.num_iterations
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_updates))
-    loss_fn = LOSSES[cfg.loss]
+    learner = Learner(policy, reference, optimizer, params, scheduler, amp, device, rank, world)
 
     start_step, cursor, skipped = 0, 0, 0  # cursor = prompts consumed from the global data stream
     skips = {"skipped/no_signal": 0, "skipped/bad_gradient": 0}  # why: no advantage ≠ 0 | non-finite or zero gradient
@@ -176,141 +176,55 @@ def main(argv: list) -> None:
         cursor += cfg.prompts_per_step
         return picked
 
-    def frac_zero_std(rewards) -> float:
-        """Fraction of all B groups (every rank) whose rewards (B_r, G) are all equal: no GRPO signal."""
-        return dist.all_reduce_sum(zero_std_groups(rewards).float().sum()).item() / cfg.prompts_per_step  # sync
-
-    def rollout_and_score(picked):
-        """Sample G completions per prompt, grade them, return (rollouts, rewards (B_r, G) NaN = unknown, extras)."""
-        t0 = time.perf_counter()
-        with dist.root_unsharded(policy, whole=whole), amp():
+    def rollout_and_score(clock):
+        """The next prompts, G completions each, graded: (rollouts, {reward: (B_r, G), NaN = unknown}, extras)."""
+        picked = next_prompts()
+        with clock("rollout"), dist.root_unsharded(policy, whole=whole), amp():
             roll = engine.generate(model, tokenizer, [to_messages(s) for _, s in picked], num_generations=G,
                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                    top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
                                    max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
-        t1 = time.perf_counter()
-        parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
-        # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
-        questions = [clip_messages(s.prompt, tokenizer, cfg.max_prompt_len) for _, s in picked]
-        items = [(questions[b], parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
-        verdicts = grade_sync(judge, items) if "verdicts" in consumed else [None] * len(items)
-        ratings = rate_sync(judge, items) if "rating" in consumed else [None] * len(items)  # one Likert call each
-        t2 = time.perf_counter()
+        with clock("judge"):
+            parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
+            # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
+            questions = [clip_messages(s.prompt, tokenizer, cfg.max_prompt_len) for _, s in picked]
+            items = [(questions[b], parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
+            verdicts = grade_sync(judge, items) if "verdicts" in consumed else [None] * len(items)
+            ratings = rate_sync(judge, items) if "rating" in consumed else [None] * len(items)  # one Likert call each
         scores = {name: score_tensor(name, items, verdicts, ratings, G) for name in reward_names}
         well_formed = torch.tensor([p.well_formed for p in parsed], dtype=torch.float32)
-        return roll, scores, {"time/rollout": t1 - t0, "time/judge": t2 - t1, "format_ok": well_formed.mean().item(),
-                              "rollout_tokens": roll.completion_mask.sum()}  # sampled, kept or not
+        return roll, scores, {"format_ok": well_formed.mean().item(), "rollout_tokens": roll.completion_mask.sum()}
 
     for step in range(start_step + 1, cfg.steps + 1):
         t_step = time.perf_counter()
-        # ---- rollout + judge; DAPO dynamic sampling swaps zero-variance groups for fresh prompts ----
-        roll, scores, extra = rollout_and_score(next_prompts())
-        frac_zero = frac_zero_std(scores[cfg.reward])
-        if cfg.dynamic_sampling:  # zero-variance groups swapped for fresh prompts' varied ones (grpo/step.py)
-            roll, scores, extra = keep_varied_groups((roll, scores, extra), lambda: rollout_and_score(next_prompts()),
-                                                     cfg.reward, cfg.max_resample_rounds, tokenizer.pad_token_id)
-            extra["dynamic/zero_std_after"] = frac_zero_std(scores[cfg.reward])
-        rewards = scores[cfg.reward]                                              # (B_r, G), NaN = unknown
-        gathered = {k: dist.all_gather_cat(v) for k, v in scores.items()}        # each (B, G), all ranks
-        all_rewards = gathered[cfg.reward]                                        # (B, G)
-        adv_all = group_advantages(all_rewards, scale=cfg.adv_scale)              # (B, G)
-        advantages = adv_all[rank * B_r:(rank + 1) * B_r].reshape(-1).to(device)  # (B_r*G,)
-        # no advantage ≠ 0 (every reward unknown, or every group flat): the loss and its gradient are 0, yet AdamW's
-        # momentum and weight decay would still move the weights — skip the update, keep the optimizer and schedule
-        # exactly as they were. The data cursor has advanced: those prompts are consumed.
-        no_signal = not bool(adv_all.ne(0).any())  # sync: decides whether to train; same on every rank (gathered)
-        unknown_frac = torch.isnan(all_rewards).float().mean().item()  # sync
+        clock = Clock()
+        done = grpo_step(rollout_and_score, learner, cfg, clock, tokenizer.pad_token_id)  # grpo/step.py
+        with clock("weight_sync"):
+            engine.after_update(model, step)  # a served engine loads this step's adapter before the next rollout
+        skipped += cfg.num_iterations if done.no_signal else done.bad_updates
+        skips["skipped/no_signal"] += done.no_signal
+        skips["skipped/bad_gradient"] += done.bad_updates
+        unknown_frac = done.metrics["reward/unknown_frac"]
         unknown_run = unknown_run + 1 if unknown_frac > 0.5 else 0
-        valid_seq = ~torch.isnan(rewards.reshape(-1)).to(device)                  # unknown reward ⇒ masked out
-        input_ids, attn = roll.input_ids, roll.attention_mask                     # (B_r*G, P+T)
-        cmask = roll.completion_mask * valid_seq[:, None]                         # (B_r*G, T)
+        t_train = sum(clock.time[p] for p in (*TRAIN_PHASES, "weight_sync"))
 
-        # ---- old and reference log-probs (no grad) ----
-        t_train = time.perf_counter()
-        S = input_ids.shape[0]
-        mb = cfg.micro_batch or S
-        chunks = [slice(i, min(i + mb, S)) for i in range(0, S, mb)]
-        old_logp = ref_logp = None
-        with torch.no_grad(), amp():
-            if cfg.num_iterations > 1 and not no_signal:  # μ = 1: old = current policy, ratio ≡ 1, no extra forward
-                old_logp = torch.cat([policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
-                                             impl=cfg.logprob_impl) for c in chunks])
-            if cfg.beta > 0 and not no_signal:
-                with reference.active() as ref_model:
-                    ref_logp = torch.cat([completion_logprobs(ref_model, input_ids[c], attn[c], cmask[c],
-                                                              temperature=cfg.temperature, impl=cfg.logprob_impl)
-                                          for c in chunks])
-
-        # ---- μ optimizer updates on this batch, gradient accumulation over micro-batches ----
-        num_tokens = dist.all_reduce_sum(cmask.sum().float())  # dapo: tokens of the whole step, all ranks
-        sums = {}  # the keys in `summed` add up over ranks below; the rest are means over ranks
-        summed = {"loss/tokens", *TOKEN_MEANS, *(("loss/total",) if combine(cfg.loss, 1.0, world).ranks == "sum" else ())}
-        grad_norm, reason = float("nan"), "no_signal" if no_signal else None
-        for _ in range(0 if no_signal else cfg.num_iterations):
-            for i, c in enumerate(chunks):
-                with dist.gradient_sync(policy, enabled=i == len(chunks) - 1), amp():  # all-reduce once, after the last
-                    logp, entropy = policy(input_ids[c], attn[c], cmask[c], temperature=cfg.temperature,
-                                           impl=cfg.logprob_impl, with_entropy=True)
-                    old = old_logp[c] if old_logp is not None else logp.detach()
-                    is_w, gap = None, {}
-                    if roll.sampler_logp is not None:  # a served engine sampled: correct for its other kernels
-                        gap = logp_gap(old, roll.sampler_logp[c], cmask[c])
-                        if cfg.rollout_is_cap > 0:
-                            is_w = truncated_is_weights(old, roll.sampler_logp[c], cmask[c], cfg.rollout_is_cap)
-                    loss, m = loss_fn(logp, old, None if ref_logp is None else ref_logp[c], advantages[c], cmask[c],
-                                      eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
-                                      max_len=cfg.max_new_tokens, num_tokens=num_tokens, token_weights=is_w)
-                    m.update(gap)
-                    w = (c.stop - c.start) / S
-                    part = combine(cfg.loss, w, world)  # the loss's own normaliser says how micro-batches add up
-                    (loss * part.grad).backward()
-                sums["loss/total"] = sums.get("loss/total", 0.0) + (loss * part.report).detach()
-                # per-token means (entropy, kl, clip fractions) weighted by this micro-batch's share of the step's
-                # tokens on all ranks, counts added: the step's values equal one pass over the whole global batch
-                w_tok = cmask[c].sum() / num_tokens.clamp(min=1)
-                for k, v in {"actor/entropy": entropy, **m}.items():
-                    weight = w_tok if k in TOKEN_MEANS else 1.0 if k == "loss/tokens" else w
-                    sums[k] = sums.get(k, 0.0) + v.detach() * weight
-            grad_norm, applied = _apply_update(params, optimizer, scheduler, cfg)
-            skipped += not applied
-            skips["skipped/bad_gradient"] += not applied
-            reason = reason or (None if applied else "nonfinite" if not math.isfinite(grad_norm) else "zero_grad")
-        engine.after_update(model, step)  # a served engine loads this step's adapter before the next rollout
-        if no_signal:
-            skipped += cfg.num_iterations
-            skips["skipped/no_signal"] += 1
-        t_end = time.perf_counter()
-
-        # ---- metrics: reduce over ranks once (one host sync), log on rank 0, checkpoint ----
+        # ---- log on rank 0 (the step's metrics are already reduced over ranks), checkpoint ----
         n_upd = cfg.num_iterations
-        stats = {k: v / n_upd for k, v in sums.items()}  # averages over the μ updates
-        stats.update({"rollout/completion_len": roll.completion_mask.sum(-1).float().mean(),
-                      "rollout/truncated_frac": roll.truncated.float().mean(), "rollout/format_ok": extra["format_ok"]})
-        reduced = dist.all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in stats.values()]))
-        metrics = {k: v if k in summed else v / world for k, v in zip(stats, reduced.tolist())}  # sums, else means
-        finite = all_rewards[~torch.isnan(all_rewards)]
-        metrics.update({
-            "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
-            "reward/std": finite.std().item() if finite.numel() > 1 else 0.0,
-            "reward/unknown_frac": unknown_frac,  # None or non-finite rewards, over every rank
-            "reward/zero_std_frac": frac_zero,
-            **{f"reward/{k}/mean": float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")
-               for k, v in gathered.items()},
-            "actor/lr": scheduler.get_last_lr()[0], "actor/grad_norm": grad_norm, "skipped/steps": skipped, **skips,
-            **({"skipped/reason": reason} if reason else {}),
-            "time/rollout": extra["time/rollout"], "time/judge": extra["time/judge"], "time/train": t_end - t_train,
-            "time/step": t_end - t_step,
-            "tok_per_s/rollout": extra["rollout_tokens"].item() * world / max(extra["time/rollout"], 1e-9),
+        metrics = {
+            **done.metrics,
+            "actor/lr": scheduler.get_last_lr()[0], "skipped/steps": skipped, **skips,
+            **({"skipped/reason": done.reason} if done.reason else {}),
+            "time/rollout": clock.time["rollout"], "time/judge": clock.time["judge"], "time/train": t_train,
+            "time/step": time.perf_counter() - t_step,
+            "tok_per_s/rollout": done.extra["rollout_tokens"].item() * world / max(clock.time["rollout"], 1e-9),
             # completion tokens through a forward: μ policy passes (+ backward), + old (μ > 1), + reference (β > 0)
-            "tok_per_s/train": num_tokens.item() * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_end - t_train, 1e-9),
+            "tok_per_s/train": None if done.no_signal else  # nothing trained: null, not 0
+            done.num_tokens * (n_upd + (n_upd > 1) + (cfg.beta > 0)) / max(t_train, 1e-9),
             "memory/peak_gb": peak_memory_gb(device), "data/prompts_seen": cursor,
             **{k: float(v) for k, v in judge.stats().items()},
             **{k: float(v) for k, v in engine.stats.items()},  # a served engine's request counts
             "judge/step_errors": judge.stats().get("judge/errors", 0.0) - judge_errors,  # rank 0's failed requests
-            **{k: v for k, v in extra.items() if k.startswith("dynamic/")},
-        })
-        if no_signal:  # nothing was trained: no loss, KL or training throughput to report (null, not 0)
-            metrics.update({"loss/total": None, **({"actor/kl": None} if cfg.beta > 0 else {}), "tok_per_s/train": None})
+        }
         judge_errors = metrics["judge/step_errors"] + judge_errors
         log.log(step, metrics)
         if cfg.max_unknown_steps and unknown_run >= cfg.max_unknown_steps:  # before saving: the last checkpoint stands
@@ -333,26 +247,6 @@ def score_tensor(name: str, items: list, verdicts: list, ratings: list, G: int) 
     vals = [reward_score(name, rubric, met, rating) for (_, _, rubric), met, rating in zip(items, verdicts, ratings)]
     vals = [float("nan") if v is None or not math.isfinite(v) else v for v in vals]  # ±inf is no value either
     return torch.tensor(vals, dtype=torch.float32).view(-1, G)
-
-
-# loss metrics that are means over tokens (the rest: over sequences); rollout/logp_gap_max is the mean of the
-# micro-batches' maxima, exact with one micro-batch
-TOKEN_MEANS = {"actor/entropy", "actor/kl", "loss/clip_frac_low", "loss/clip_frac_high", "loss/ratio_mean", "rollout/logp_gap_mean"}
-
-
-def _apply_update(params, optimizer, scheduler, cfg) -> tuple[float, bool]:
-    """Clip and step — unless the loss or a gradient is non-finite, or the gradient is exactly 0 (AdamW would still
-    move the weights by momentum and decay), in which case nothing steps, the scheduler included (the caller counts
-    it). Gradients arrive already averaged over ranks by DDP / FSDP2."""
-    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # sync: decides whether to apply
-    applied = math.isfinite(norm) and norm > 0
-    if applied:
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm, applied
 
 
 def _user_errors() -> tuple:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import re
 
-from rewards.judge_base import STAT_KEYS, Item, Judge, grade_sync, rate_sync
+from rewards.judge_base import MODES, STAT_KEYS, Item, Judge, grade_sync, rate_sync
 
-__all__ = ["STAT_KEYS", "Item", "Judge", "KeywordJudge", "grade_sync", "keyword_verdict", "keywords", "make_judge",
-           "rate_sync"]
+__all__ = ["JUDGES", "MODES", "STAT_KEYS", "Item", "Judge", "KeywordJudge", "grade_sync", "keyword_verdict", "keywords",
+           "make_judge", "rate_sync"]
 
 # ---- the keyword judge ----
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script); digits and '_' split words
@@ -71,6 +71,9 @@ class KeywordJudge(Judge):
     async def _grade(self, question, completion, rubric):
         self._stats["calls"] += 1
         return [keyword_verdict(c.text, completion) for c in rubric]
+
+
+JUDGES = ("keyword", "openai", "local")  # make_judge's names: offline toy | OpenAI-compatible server | transformers
 
 
 def make_judge(kind: str, **kwargs) -> Judge:

@@ -18,6 +18,7 @@ from rewards.rubric import Rubric
 
 Item = tuple  # (question messages: list[dict], completion: str, rubric: Rubric)
 
+MODES = ("per_criterion", "per_completion")  # the openai judge's: one call per rubric criterion | per answer
 STAT_KEYS = ("calls", "criteria", "unknown", "cache_hits", "duplicates", "errors", "reasks",
              "prompt_tokens", "completion_tokens")
 

@@ -18,12 +18,11 @@ import os
 import openai
 
 from rewards import judge_prompts as P
-from rewards.judge_base import Judge
+from rewards.judge_base import MODES, Judge
 from rewards.judge_cache import VerdictCache
 from rewards.rubric import Rubric
 
 log = logging.getLogger(__name__)
-MODES = ("per_completion", "per_criterion")
 # the grader model of simple-evals' HealthBench (its published scores); `grpo.evaluate --judge openai` defaults to it
 HEALTHBENCH_GRADER = "gpt-4.1-2025-04-14"
 

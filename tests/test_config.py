@@ -44,6 +44,8 @@ def test_flags_override_preset_and_coerce_types():
     (["--judge_timeout=0"], "--judge_timeout must be a finite number > 0"),
     (["--max_unknown_steps=-1"], "--max_unknown_steps must be >= 0"),
     (["--judge=openai", "--judge_base_url=http://localhost:8000/v1"], "needs --judge_model"),
+    (["--judge=gpt"], "--judge=gpt must be keyword | openai | local"),  # the same check as EvalConfig's, below
+    (["--judge_mode=fast"], "--judge_mode=fast must be per_criterion | per_completion"),
 ])
 def test_bad_flags_name_the_fix(argv, message):
     with pytest.raises(ValueError, match=message):

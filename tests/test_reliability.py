@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from grpo import checkpoint
-from grpo.train import _apply_update, cli, main
+from grpo.step import apply_update
+from grpo.train import cli, main
 from rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,18 +51,18 @@ def _assert_same_training_state(a: Path, b: Path) -> None:
 
 def test_apply_update_skips_a_zero_gradient_exactly():
     """After one real step AdamW has momentum; a zero gradient would still move the weights (m/√v ≠ 0) and advance
-    the schedule. _apply_update must leave parameters, optimizer state and scheduler exactly as they were."""
+    the schedule. apply_update must leave parameters, optimizer state and scheduler exactly as they were."""
     from grpo.config import parse_args
     cfg = parse_args([])
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
     opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1.0 / (u + 1))
     p.grad = torch.tensor([0.5, -1.0, 0.25])
-    assert _apply_update([p], opt, sched, cfg)[1]
+    assert apply_update([p], opt, sched, cfg.grad_clip)[1]
     before = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}, sched.last_epoch, sched.get_last_lr())
     for bad in (torch.zeros(3), torch.tensor([1.0, float("inf"), 0.0]), torch.tensor([float("nan")] * 3)):
         p.grad = bad
-        norm, applied = _apply_update([p], opt, sched, cfg)
+        norm, applied = apply_update([p], opt, sched, cfg.grad_clip)
         assert not applied and p.grad is None
         assert torch.equal(p.detach(), before[0])
         assert all(torch.equal(opt.state[p][k], v) for k, v in before[1].items())

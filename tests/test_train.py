@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from grpo import checkpoint
-from grpo.train import _apply_update, main
+from grpo.step import apply_update
+from grpo.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--prompts_per_step=2", "--num_generations=4", "--max_new_tokens=12", "--plot=false", "--lr=1e-3"]
@@ -132,10 +133,10 @@ def test_nonfinite_gradient_is_skipped_not_applied():
     opt = torch.optim.AdamW([p], lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     p.grad = torch.tensor([1.0, float("nan"), 0.0])
-    norm, applied = _apply_update([p], opt, sched, cfg)
+    norm, applied = apply_update([p], opt, sched, cfg.grad_clip)
     assert not applied and torch.equal(p.data, torch.ones(3)) and p.grad is None
     p.grad = torch.tensor([1.0, 1.0, 0.0])
-    norm, applied = _apply_update([p], opt, sched, cfg)
+    norm, applied = apply_update([p], opt, sched, cfg.grad_clip)
     assert applied and norm == pytest.approx(2 ** 0.5) and not torch.equal(p.data, torch.ones(3))
 
 
