@@ -87,6 +87,13 @@ def collate(pairs: list, pad_id: int):
 def main(argv: list) -> None:
     cfg = parse_args(argv, SFTConfig, presets=None, check=_validate,
                      usage="usage: torchrun grpo/sft.py [--key=value ...]")
+    train_sft(cfg)
+    dist.close()
+
+
+def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
+    """Run SFT in this process and return the adapter dir (out/adapter). Uses the process group when there is one
+    (initialising it under torchrun) and leaves it open, so grpo/train.py can call it before GRPO (the demo)."""
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     samples = [s for s in load_samples(bundled_demo_path() if cfg.data == "demo" else cfg.data) if s.reference]
@@ -104,7 +111,7 @@ def main(argv: list) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     per_rank = cfg.batch_size // world
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0)
+    bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0 or not progress)
     for step in bar:
         idx = [order[(step * cfg.batch_size + rank * per_rank + j) % len(samples)] for j in range(per_rank)]
         pairs = [encode(tok, to_messages(samples[i]), format_target(traces.get(samples[i].id, samples[i].reasoning or ""),
@@ -130,7 +137,8 @@ def main(argv: list) -> None:
         model.save_pretrained(out / "adapter")  # PEFT format: adapter_model.safetensors + adapter_config.json
         (out / "sft_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         print(f"adapter saved to {out / 'adapter'} (final nll {loss.item():.3f})")
-    dist.close()
+    dist.barrier()  # the other ranks read the adapter rank 0 wrote
+    return Path(cfg.out) / "adapter"
 
 
 if __name__ == "__main__":
