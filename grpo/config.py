@@ -93,9 +93,11 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     # The embedded CPU demo, the paper's pipeline in miniature: a tiny Qwen3 (pretrained locally on the bundled
-    # questions) gets an SFT warm start of the output format, then GRPO continues that LoRA adapter against the
-    # keyword judge. 80 new tokens fit every bundled reference answer in the format (41-72 tokens), so EOS is reachable.
-    "tiny": dict(model="tiny", data="demo", sft_steps=60, sft_lr=3e-3, full_finetune=False, lr=1e-3,
+    # questions) gets an SFT warm start of the output format, then GRPO trains that SFT model against the keyword
+    # judge. Full fine-tuning: a LoRA on a 64-wide model cannot learn the format (format_ok 0 after 400 SFT steps);
+    # 40 full steps give format_ok ≈ 0.3 at temperature 1, without memorising the answers (nll ≈ 0.4, not 0.02).
+    # 80 new tokens fit every bundled reference answer in the format (41-72 tokens), so EOS is reachable.
+    "tiny": dict(model="tiny", data="demo", sft_steps=40, sft_lr=3e-3, full_finetune=True, lr=2e-3,
                  warmup_ratio=0.05, steps=120, prompts_per_step=8, num_generations=8, max_new_tokens=80, beta=0.0,
                  save_every=40),
     # The paper's setup (Ahmadi et al. 2026) on one 96 GB RTX 6000 PRO.

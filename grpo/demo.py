@@ -10,12 +10,18 @@ prints both answers and `summary_line` over metrics.jsonl. The keyword judge beh
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from data import bundled_demo_path, load_samples
 from data.format import to_messages
+from grpo import dist
 from grpo.metrics import read_metrics, summary_line
 from grpo.rollout import make_engine
 
@@ -36,25 +42,56 @@ def sample_answer(cfg, model, tokenizer) -> str:
     return f"{roll.texts[0].strip()}\n{ending}"
 
 
+def _cache_dir(cfg, sft) -> Path:
+    """Where a warm start with these settings is kept: SFT is deterministic given its config, data and base model, so
+    a second run (and the test suite's many tiny runs) reuses it, as build_tiny reuses the tiny model. The key is
+    the SFT config (out excluded), the base model's path (build_tiny's path hashes its corpus) and the data bytes."""
+    from grpo.model import build_tiny
+    data = bundled_demo_path() if cfg.data == "demo" else Path(cfg.data)
+    model = build_tiny() if cfg.model == "tiny" else cfg.model
+    key = json.dumps([asdict(sft), model, hashlib.sha256(data.read_bytes()).hexdigest()], default=str)
+    root = Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo-rubric"))
+    return root / f"sft-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def warm_start(cfg, device: torch.device, rank: int) -> str:
-    """SFT the output format for cfg.sft_steps into out/sft/ and return the adapter dir (every rank takes part).
-    A resumed run reuses the adapter it started from, so its checkpoints keep matching it."""
+    """SFT the output format for cfg.sft_steps into out/sft/ and return what GRPO starts from (every rank takes part):
+    with --full_finetune the SFT model dir (GRPO's --model), else the LoRA adapter dir (GRPO's --init_adapter).
+    Reuses a cached warm start of the same settings; a resumed run reuses the one it started from."""
     from grpo.model import load_model
     from grpo.sft import SFTConfig, train_sft
-    sft_dir = Path(cfg.out) / "sft"
-    if cfg.resume and (sft_dir / "adapter" / "adapter_config.json").exists():
-        return str(sft_dir / "adapter")
+    here = Path(cfg.out) / "sft"
+    saved = "model" if cfg.full_finetune else "adapter"
+    if cfg.resume and (here / saved).is_dir():
+        return str(here / saved)
+    sft = SFTConfig(model=cfg.model, data=cfg.data, out="", steps=cfg.sft_steps, lr=cfg.sft_lr,
+                    full_finetune=cfg.full_finetune, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
+                    dtype=cfg.dtype)
+    cache = _cache_dir(cfg, sft)
+    dist.barrier()  # every rank decides on the same cache state (rank 0 writes it only after the collective SFT)
+    if not (cache / saved).is_dir():
+        if rank == 0:
+            print(f"SFT warm start: {cfg.sft_steps} steps of LoRA SFT on the reference answers in the output "
+                  f"format (cached in {cache})", flush=True)
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        sft.out = str(tmp)
+        train_sft(sft, progress=False)
+        if rank == 0:
+            try:
+                tmp.rename(cache)  # atomic: a concurrent run either wins or finds it done
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+    elif rank == 0:
+        print(f"SFT warm start: reusing {cache} ({cfg.sft_steps} steps, same settings)", flush=True)
     if rank == 0:
-        sft_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(here, ignore_errors=True)
+        shutil.copytree(cache, here)  # a few hundred KB: the run dir holds the adapter its checkpoints continue
         base, tok = load_model(cfg.model, device=device, dtype=torch.float32)
-        (sft_dir / BEFORE).write_text(sample_answer(cfg, base, tok), encoding="utf-8")
+        (here / BEFORE).write_text(sample_answer(cfg, base, tok), encoding="utf-8")  # the base model's answer
         del base
-    sft = SFTConfig(model=cfg.model, data=cfg.data, out=str(sft_dir), steps=cfg.sft_steps, lr=cfg.sft_lr,
-                    lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, seed=cfg.seed, dtype=cfg.dtype)
-    if rank == 0:
-        print(f"SFT warm start: {cfg.sft_steps} steps of LoRA SFT on the reference answers in the output format "
-              f"→ {sft_dir / 'adapter'}", flush=True)
-    return str(train_sft(sft, progress=False))
+    dist.barrier()
+    return str(here / saved)
 
 
 def report(cfg, model, tokenizer) -> str:

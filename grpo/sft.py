@@ -45,6 +45,8 @@ class SFTConfig:
     batch_size: int = field(default=8, metadata={"help": "sequences per step, all ranks together"})
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate (constant)"})
     max_len: int = field(default=1024, metadata={"help": "target tokens kept, tokens"})
+    full_finetune: bool = field(default=False, metadata={"help": "train every weight and save out/model (a full HF "
+                                                              "model dir, for small models) instead of a LoRA adapter"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     seed: int = field(default=0, metadata={"help": "seed for init and data order"})
@@ -92,7 +94,7 @@ def main(argv: list) -> None:
 
 
 def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
-    """Run SFT in this process and return the adapter dir (out/adapter). Uses the process group when there is one
+    """Run SFT in this process and return out/adapter (or out/model with --full_finetune). Uses the process group when there is one
     (initialising it under torchrun) and leaves it open, so grpo/train.py can call it before GRPO (the demo)."""
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
@@ -105,8 +107,11 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
             rec = json.loads(line) if line.strip() else None
             if rec:
                 traces[rec["id"]] = rec["reasoning"]
-    model, tok = load_model(cfg.model, device=device, dtype=compute_dtype(cfg.dtype, device))
-    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    dtype = torch.float32 if cfg.full_finetune else compute_dtype(cfg.dtype, device)  # full FT: fp32 master weights
+    model, tok = load_model(cfg.model, device=device, dtype=dtype)
+    if not cfg.full_finetune:
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    model.train()  # from_pretrained returns eval mode
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     per_rank = cfg.batch_size // world
@@ -134,11 +139,20 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     if rank == 0:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out / "adapter")  # PEFT format: adapter_model.safetensors + adapter_config.json
+        if cfg.full_finetune:  # an HF model dir GRPO loads as --model (its frozen copy is then the reference)
+            model.save_pretrained(out / "model")
+            tok.save_pretrained(out / "model")
+        else:
+            model.save_pretrained(out / "adapter")  # PEFT format: adapter_model.safetensors + adapter_config.json
         (out / "sft_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        print(f"adapter saved to {out / 'adapter'} (final nll {loss.item():.3f})")
-    dist.barrier()  # the other ranks read the adapter rank 0 wrote
-    return Path(cfg.out) / "adapter"
+        print(f"{_saved(cfg)} saved to {Path(cfg.out) / _saved(cfg)} (final nll {loss.item():.3f})", flush=True)
+    dist.barrier()  # the other ranks read what rank 0 wrote
+    return Path(cfg.out) / _saved(cfg)
+
+
+def _saved(cfg: SFTConfig) -> str:
+    """What SFT writes under out/: the LoRA adapter, or the whole model (--full_finetune)."""
+    return "model" if cfg.full_finetune else "adapter"
 
 
 if __name__ == "__main__":

@@ -88,8 +88,8 @@ class JudgeDown(RuntimeError):
 def main(argv: list) -> None:
     cfg = parse_args(argv)  # every flag checked here, before any process group, data or model
     rank, world, device = dist.init()
-    if cfg.sft_steps and not cfg.init_adapter:  # the demo's SFT warm start; GRPO continues its adapter (grpo/demo.py)
-        cfg.init_adapter = demo.warm_start(cfg, device, rank)
+    if cfg.sft_steps and not cfg.init_adapter:  # the demo's SFT warm start, then GRPO from it (grpo/demo.py)
+        setattr(cfg, "model" if cfg.full_finetune else "init_adapter", demo.warm_start(cfg, device, rank))
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts_per_step={cfg.prompts_per_step} must be divisible by the {world} processes")
     B_r, G = cfg.prompts_per_step // world, cfg.num_generations  # prompts per rank, samples per prompt
