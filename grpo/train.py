@@ -34,7 +34,7 @@ import torch
 from data import load_samples, resolve_data_path
 from data.loaders import clip_messages
 from data.format import parse, to_messages
-from grpo import checkpoint, config, dist
+from grpo import checkpoint, config, demo, dist
 from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
 from grpo import kernels
@@ -88,6 +88,8 @@ class JudgeDown(RuntimeError):
 def main(argv: list) -> None:
     cfg = parse_args(argv)  # every flag checked here, before any process group, data or model
     rank, world, device = dist.init()
+    if cfg.sft_steps and not cfg.init_adapter:  # the demo's SFT warm start, then GRPO from it (grpo/demo.py)
+        setattr(cfg, "model" if cfg.full_finetune else "init_adapter", demo.warm_start(cfg, device, rank))
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts_per_step={cfg.prompts_per_step} must be divisible by the {world} processes")
     B_r, G = cfg.prompts_per_step // world, cfg.num_generations  # prompts per rank, samples per prompt
@@ -325,6 +327,8 @@ def main(argv: list) -> None:
                             keep_last=cfg.keep_last, rank=rank)  # every rank: gathering FSDP shards is collective
             dist.barrier()
     log.close()
+    if cfg.sft_steps and rank == 0:  # before/after answers and the first → last summary line
+        demo.report(cfg, model, tokenizer)
     dist.close()
 
 

@@ -11,6 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from grpo import checkpoint
+from grpo.config import parse_args
+from grpo.demo import sample_answer
+from grpo.metrics import summary_line
+from grpo.model import load_model
 from grpo.train import _apply_update, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,18 +30,56 @@ def _weights(ckpt: Path) -> dict:
     return load_file(ckpt / sub)
 
 
+DEMO_SHORT = ["--steps=30", "--save_every=30"]  # the tiny preset (SFT warm start, then GRPO), fewer GRPO steps
+
+
 @pytest.mark.slow
-def test_demo_reward_rises(tmp_path):
-    """The embedded demo (defaults, fixed seed): the last 10 steps' mean reward is ≥ 1.5× the first 10 steps'."""
-    main([f"--out={tmp_path}", "--plot=true"])
+def test_demo_learns_format_and_reward(tmp_path, capsys):
+    """The embedded demo, shortened: after the SFT warm start the policy writes the structured format (the base model
+    never does: test_demo_prints_before_and_after_answers), GRPO raises the reward, some completions end by EOS, the
+    PNG is written, and the closing summary line is the one computed from metrics.jsonl."""
+    main([f"--out={tmp_path}", "--plot=true", *DEMO_SHORT])
     rows = _metrics(tmp_path)
-    first = sum(r["reward/mean"] for r in rows[:10]) / 10
-    last = sum(r["reward/mean"] for r in rows[-10:]) / 10
-    assert last >= 1.5 * first and last > first + 1.0, (first, last)
+    k = 10
+
+    def mean(key, part):
+        return sum(r[key] for r in part) / len(part)
+    first, last = rows[:k], rows[-k:]
+    assert mean("reward/mean", last) > 1.2 * mean("reward/mean", first), (mean("reward/mean", first), mean("reward/mean", last))
+    # the SFT format holds through GRPO (measured 0.50 → 0.41 over 40 steps; GRPO does not raise it: the toy judge
+    # grades the answer, not its format)
+    assert mean("format_ok", first) > 0.25 and mean("format_ok", last) > 0.25, (mean("format_ok", first), mean("format_ok", last))
+    assert mean("truncated_frac", last) < 0.8  # EOS is reached: the parser and the format are exercised
     assert (tmp_path / "reward_curve.png").stat().st_size > 0
+    assert summary_line(rows, reward="hybrid") in capsys.readouterr().out
     for key in ("step", "reward/mean", "reward/std", "frac_reward_zero_std", "loss", "reward/hybrid/mean",
-                "reward/healthbench/mean", "entropy", "completion_len", "time/rollout", "peak_mem_gb"):
+                "reward/healthbench/mean", "entropy", "completion_len", "time/rollout", "peak_mem_gb", "format_ok"):
         assert key in rows[0], key
+
+
+def test_demo_prints_before_and_after_answers(tmp_path, capsys):
+    """A tiny demo run (2 SFT steps, 2 GRPO steps) prints the base model's answer and the trained policy's answer to
+    the same question with the same seed — each equal to an independent sample from those weights — and the
+    summary line of its metrics.jsonl. The warm start is cached: a second run reuses it and trains the same."""
+    tiny = [f"--out={tmp_path / 'a'}", "--sft_steps=2", "--steps=2", "--prompts_per_step=2", "--num_generations=2",
+            "--max_new_tokens=8", "--plot=false", "--save_every=2"]
+    main(tiny)
+    out = capsys.readouterr().out
+    cfg = parse_args(tiny)
+    base, tok = load_model("tiny", device=torch.device("cpu"))
+    from transformers import AutoModelForCausalLM  # full fine-tuning: the checkpoint holds the whole model
+    trained = AutoModelForCausalLM.from_pretrained(checkpoint.latest(tmp_path / "a") / "model")
+    before, after = sample_answer(cfg, base, tok), sample_answer(cfg, trained, tok)
+    assert f"— before training (base model) —\n{before}\n" in out
+    assert f"— after SFT + GRPO —\n{after}\n" in out
+    assert before.endswith(("[cut at 8 tokens]", "[ended by EOS]"))
+    assert "<SOLUTION>" not in before  # the base model has never seen the format
+    assert summary_line(_metrics(tmp_path / "a")) in out
+    assert (tmp_path / "a" / "sft" / "model" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model"] == str(tmp_path / "a" / "sft" / "model")
+    main(tiny[1:] + [f"--out={tmp_path / 'b'}"])
+    assert "reusing" in capsys.readouterr().out
+    assert [r["reward/mean"] for r in _metrics(tmp_path / "a")] == [r["reward/mean"] for r in _metrics(tmp_path / "b")]
 
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
@@ -85,7 +127,7 @@ def _torchrun(n: int, args: list, out: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, flags", [
     ("ddp", ["--full_finetune=false", "--loss=dapo", "--beta=0.02"]),               # LoRA, adapter-off reference
-    ("fsdp", ["--full_finetune=true", "--fsdp", "--loss=grpo", "--micro_batch=3"]),  # FSDP2-sharded full fine-tuning
+    ("fsdp", ["--full_finetune=true", "--fsdp", "--loss=grpo", "--micro_batch=3", "--beta=0", "--sft_steps=0"]),  # FSDP2
 ])
 def test_two_processes_equal_one_and_resume(tmp_path, mode, flags):
     """torchrun with 2 gloo processes and the same global batch ends at the same parameters as 1 process; and the
