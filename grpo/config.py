@@ -67,6 +67,8 @@ class TrainConfig:
     # Reward
     reward: str = field(default="hybrid", metadata={"help": "hybrid | complexity | rar_explicit | healthbench | rar_implicit"})
     log_rewards: str = field(default="healthbench", metadata={"help": "extra rewards logged (not trained on), comma list"})
+    malformed: str = field(default="graded", metadata={"help": "a completion not in the output format: graded (its "
+                                                             "best-effort answer) | wrong (graded as the empty answer)"})
     judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local (policy, LoRA off)"})
     judge_model: str | None = field(default=None, metadata={"help": "judge model name (openai judge)"})
     judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
@@ -247,6 +249,9 @@ def validate(cfg: TrainConfig) -> None:
     for name in reward_names(cfg):  # needs() raises on an unknown name, listing the known ones
         if needs(name) == "rating" and cfg.judge != "openai":
             raise ValueError(f"{name} needs a rating judge: use --judge=openai")
+    from data.format import MALFORMED
+    if cfg.malformed not in MALFORMED:
+        raise ValueError(f"--malformed={cfg.malformed} must be {' | '.join(MALFORMED)}")
     if cfg.adv_scale not in ("group", "batch", "none"):
         raise ValueError(f"--adv_scale={cfg.adv_scale} must be group | batch | none")
     if cfg.num_generations < 2:

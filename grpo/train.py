@@ -33,7 +33,7 @@ import torch
 
 from data import load_samples, resolve_data_path
 from data.loaders import clip_messages
-from data.format import parse, to_messages
+from data.format import graded_answer, parse, to_messages
 from grpo import checkpoint, config, demo, dist
 from grpo.advantages import group_advantages, zero_std_groups
 from grpo.config import parse_args, to_json
@@ -194,7 +194,7 @@ def main(argv: list) -> None:
         parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
         # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
         questions = [clip_messages(s.prompt, tokenizer, cfg.max_prompt_len) for _, s in picked]
-        items = [(questions[b], parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
+        items = [(questions[b], graded_answer(parsed[b * G + g], cfg.malformed), s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
         verdicts = grade_sync(judge, items) if "verdicts" in consumed else [None] * len(items)
         ratings = rate_sync(judge, items) if "rating" in consumed else [None] * len(items)  # one Likert call each
         t2 = time.perf_counter()
