@@ -108,9 +108,11 @@ PRESETS: dict[str, dict] = {
     # 80 new tokens fit every bundled reference answer in the format (41-72 tokens), so EOS is reachable. Without
     # the KL to the SFT model (beta) and at lr 2e-3 / temperature 1, GRPO learns to ramble keywords the toy judge
     # counts (format_ok → 0, trunc → 1); at temperature 0.7 a 64-wide model's samples keep the format (≈ 0.5).
+    # malformed="wrong": a completion out of the format is graded as the empty answer, so form carries reward and
+    # GRPO raises format_ok with the reward (with "graded" it fell 0.50 → 0.41 over 40 steps while the reward rose).
     "tiny": dict(model="tiny", data="demo", sft_steps=40, sft_lr=3e-3, full_finetune=True, lr=5e-4, beta=0.05,
                  temperature=0.7, warmup_ratio=0.05, steps=80, prompts_per_step=8, num_generations=8,
-                 max_new_tokens=80, save_every=40),
+                 max_new_tokens=80, save_every=40, malformed="wrong"),
     # The paper's setup (Ahmadi et al. 2026) on one 96 GB RTX 6000 PRO.
     "qwen3-14b-rtx6000": dict(model="Qwen/Qwen3-14B", data="", lora_r=16, lora_alpha=32, lora_targets="all-linear",
                               num_generations=6, max_new_tokens=1024, lr=5e-6, warmup_ratio=0.1, schedule="linear",

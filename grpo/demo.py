@@ -95,13 +95,17 @@ def warm_start(cfg, device: torch.device, rank: int) -> str:
     return str(here / saved)
 
 
-def report(cfg, model, tokenizer) -> str:
-    """The before/after answers and the summary line, printed and returned (rank 0 calls it after the last step)."""
+def report(cfg, model, tokenizer, rank: int = 0) -> str:
+    """The before/after answers and the summary line, returned, and printed on rank 0. Every rank calls it after the
+    last step, inside the loop's `dist.root_unsharded(policy)`: under FSDP2 sampling gathers shards, a collective."""
+    after = sample_answer(cfg, model, tokenizer)
+    if rank != 0:
+        return ""
     before = Path(cfg.out) / "sft" / BEFORE
     lines = []
     if before.exists():
         lines += ["", "— before training (base model) —", before.read_text(encoding="utf-8")]
-    lines += ["", "— after SFT + GRPO —", sample_answer(cfg, model, tokenizer), "",
+    lines += ["", "— after SFT + GRPO —", after, "",
               summary_line(read_metrics(Path(cfg.out) / "metrics.jsonl"), reward=cfg.reward)]
     text = "\n".join(lines)
     print(text, flush=True)

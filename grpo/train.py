@@ -327,8 +327,9 @@ def main(argv: list) -> None:
                             keep_last=cfg.keep_last, rank=rank)  # every rank: gathering FSDP shards is collective
             dist.barrier()
     log.close()
-    if cfg.sft_steps and rank == 0:  # before/after answers and the first → last summary line
-        demo.report(cfg, model, tokenizer)
+    if cfg.sft_steps:  # before/after answers, summary line; every rank samples: FSDP2 gathers shards collectively
+        with dist.root_unsharded(policy, whole=whole), amp():
+            demo.report(cfg, model, tokenizer, rank)
     dist.close()
 
 
