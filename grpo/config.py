@@ -33,9 +33,10 @@ class TrainConfig:
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
     init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from and use as the KL reference (the "
                                                             "SFT output); LoRA keeps its r/alpha/targets"})
-    sft_steps: int = field(default=0, metadata={"help": "the demo's warm start: LoRA SFT steps on the data's reference "
-                                                      "answers in the output format, into out/sft/, then GRPO from "
-                                                      "that adapter (0 = off; ignored with --init_adapter)"})
+    sft_steps: int = field(default=0, metadata={"help": "the demo's warm start: SFT steps (all weights with "
+                                                      "--full_finetune, else LoRA) on the data's reference answers in "
+                                                      "the output format, into out/sft/, then GRPO from it (0 = off; "
+                                                      "ignored with --init_adapter)"})
     sft_lr: float = field(default=3e-3, metadata={"help": "learning rate of the --sft_steps warm start"})
     full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA (small models)"})
     fsdp: bool = field(default=False, metadata={"help": "full fine-tuning sharded over ranks with FSDP2 (else DDP)"})

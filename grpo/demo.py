@@ -3,10 +3,12 @@
     torchrun grpo/train.py          # preset tiny: SFT (--sft_steps) into runs/demo/sft/, GRPO from it, this report
 
 The paper's pipeline in miniature. `warm_start` samples one answer from the base model (the first bundled question,
-seed --seed), then runs grpo/sft.py's LoRA SFT in this process on the data's reference answers in the structured
-format and returns its adapter dir: GRPO continues that adapter, and a frozen copy of it is the KL reference
-(grpo/model.py continue_adapter). `report` samples the same question with the same seed from the trained policy and
-prints both answers and `summary_line` over metrics.jsonl. The keyword judge behind the demo's scores is a toy.
+seed --seed), then runs grpo/sft.py's SFT in this process on the data's reference answers in the structured format
+(full fine-tuning under --full_finetune, as the tiny preset does, else LoRA) and returns what GRPO starts from: the
+SFT model dir (GRPO's --model; its frozen copy is the KL reference) or the adapter dir (GRPO's --init_adapter: it
+trains that adapter on, and a frozen copy of it is the reference). `report` samples the same question with the same
+seed from the trained policy and prints both answers and `summary_line` over metrics.jsonl. The keyword judge behind
+the demo's scores is a toy: it counts rubric keywords.
 """
 from __future__ import annotations
 
@@ -72,8 +74,8 @@ def warm_start(cfg, device: torch.device, rank: int) -> str:
     dist.barrier()  # every rank decides on the same cache state (rank 0 writes it only after the collective SFT)
     if not (cache / saved).is_dir():
         if rank == 0:
-            print(f"SFT warm start: {cfg.sft_steps} steps of LoRA SFT on the reference answers in the output "
-                  f"format (cached in {cache})", flush=True)
+            print(f"SFT warm start: {cfg.sft_steps} steps of {'full' if cfg.full_finetune else 'LoRA'} SFT on the "
+                  f"reference answers in the output format (cached in {cache})", flush=True)
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         sft.out = str(tmp)
         train_sft(sft, progress=False)
