@@ -213,8 +213,8 @@ def reward_figure(rows: list[dict]):
     ax2.plot(steps, series("reward/zero_std_frac"), color="tab:red", alpha=0.5, label="frac zero-std groups")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("fraction (format_ok, zero-variance groups)")
-    fig.legend(loc="upper left")
-    fig.tight_layout()
+    fig.legend(loc="upper center", ncol=4, fontsize="small", frameon=False)  # above the axes: hides no curve
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
