@@ -59,7 +59,8 @@ def _cache_dir(cfg, sft) -> Path:
 def warm_start(cfg, device: torch.device, rank: int) -> str:
     """SFT the output format for cfg.sft_steps into out/sft/ and return what GRPO starts from (every rank takes part):
     with --full_finetune the SFT model dir (GRPO's --model), else the LoRA adapter dir (GRPO's --init_adapter).
-    Reuses a cached warm start of the same settings; a resumed run reuses the one it started from."""
+    Reuses a cached warm start of the same settings; a resumed run reuses the one it started from. Data without
+    reference answers has nothing to imitate: the warm start is skipped (one line says so) and cfg's value returned."""
     from grpo.model import load_model
     from grpo.config import SFTConfig
     from grpo.sft import train_sft
@@ -67,6 +68,11 @@ def warm_start(cfg, device: torch.device, rank: int) -> str:
     saved = "model" if cfg.full_finetune else "adapter"
     if cfg.resume and (here / saved).is_dir():
         return str(here / saved)
+    if not any(s.reference for s in load_samples(resolve_data_path(cfg.data))):  # nothing to imitate: GRPO from base
+        if rank == 0:
+            print(f"SFT warm start skipped: no sample in {cfg.data} has a reference answer (--sft_steps=0 silences "
+                  f"this)", flush=True)
+        return cfg.model if cfg.full_finetune else cfg.init_adapter  # unchanged
     sft = SFTConfig(model=cfg.model, data=cfg.data, out="", steps=cfg.sft_steps, lr=cfg.sft_lr,
                     full_finetune=cfg.full_finetune, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
                     dtype=cfg.dtype)
