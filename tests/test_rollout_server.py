@@ -263,8 +263,8 @@ def test_torchrun_trains_against_the_loopback_server(base, tmp_path):
     from grpo.train import main
     with LoopbackVLLM(*base) as server:
         main(["--prompts_per_step=2", "--num_generations=4", "--max_new_tokens=12", "--plot=false", "--lr=1e-3",
-              "--malformed=graded", "--full_finetune=false", "--steps=3", "--save_every=3", f"--out={tmp_path}", "--rollout=server",
-              f"--rollout_base_url={server.url}", f"--rollout_model={server.name}"])
+              "--full_finetune=false", "--steps=3", "--save_every=3", f"--out={tmp_path}", "--rollout=server",
+              f"--rollout_base_url={server.url}", f"--rollout_model={server.name}", "--malformed=graded"])
         assert server.served_by and server.served_by[-1] == "grpo-step2"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if r.get("skipped/reason") is None]  # a skipped step runs no trainer pass: no gap
