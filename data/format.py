@@ -5,7 +5,8 @@
 A response is reasoning between <start_working_out> and <end_working_out>, then the answer between <SOLUTION> and
 </SOLUTION>. `parse` is applied to untrusted model output: any string gives a Parsed, and `solution` is always the best
 guess at the answer (the whole text minus the reasoning block when the tags are missing), so the judge still grades
-something; `well_formed` is the format-compliance metric.
+something; `well_formed` is the format-compliance metric. Training may instead treat a malformed completion as a
+wrong answer (`graded_answer`, --malformed wrong): the judge then grades the empty answer.
 """
 from __future__ import annotations
 
@@ -76,6 +77,19 @@ def parse(text) -> Parsed:
     for tag in TAGS:
         reasoning, solution = reasoning.replace(tag, ""), solution.replace(tag, "")
     return Parsed(reasoning.strip(), solution.strip(), False)
+
+
+MALFORMED = ("graded", "wrong")  # --malformed: what the judge grades for a completion that is not well_formed
+
+
+def graded_answer(parsed: Parsed, malformed: str = "graded") -> str:
+    """The answer the judge grades. `graded`: the best-effort solution even from malformed output (evaluation's
+    view). `wrong`: a malformed completion is a wrong answer, so it is graded as the empty answer "", which meets no
+    positive criterion and avoids any pitfall a rubric can check in text — no reward formula is special-cased, every
+    reward scores it as it scores saying nothing, and form then carries reward in GRPO."""
+    if malformed not in MALFORMED:
+        raise ValueError(f"malformed={malformed!r} must be one of {' | '.join(MALFORMED)}")
+    return parsed.solution if parsed.well_formed or malformed == "graded" else ""
 
 
 if __name__ == "__main__":

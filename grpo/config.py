@@ -33,6 +33,11 @@ class TrainConfig:
     model: str = field(default="tiny", metadata={"help": "HF model dir or hub id; 'tiny' builds a local toy Qwen3"})
     init_adapter: str = field(default="", metadata={"help": "PEFT adapter dir to start from and use as the KL reference (the "
                                                             "SFT output); LoRA keeps its r/alpha/targets"})
+    sft_steps: int = field(default=0, metadata={"help": "the demo's warm start: SFT steps (all weights with "
+                                                      "--full_finetune, else LoRA) on the data's reference answers in "
+                                                      "the output format, into out/sft/, then GRPO from it (0 = off; "
+                                                      "ignored with --init_adapter)"})
+    sft_lr: float = field(default=3e-3, metadata={"help": "learning rate of the --sft_steps warm start"})
     full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA (small models)"})
     fsdp: bool = field(default=False, metadata={"help": "full fine-tuning sharded over ranks with FSDP2 (else DDP)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -63,6 +68,8 @@ class TrainConfig:
     # Reward
     reward: str = field(default="hybrid", metadata={"help": "hybrid | complexity | rar_explicit | healthbench | rar_implicit"})
     log_rewards: str = field(default="healthbench", metadata={"help": "extra rewards logged (not trained on), comma list"})
+    malformed: str = field(default="graded", metadata={"help": "a completion not in the output format: graded (its "
+                                                             "best-effort answer) | wrong (graded as the empty answer)"})
     judge: str = field(default="keyword", metadata={"help": "keyword (offline toy) | openai | local (policy, LoRA off)"})
     judge_model: str | None = field(default=None, metadata={"help": "judge model name (openai judge)"})
     judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (default: OPENAI_BASE_URL)"})
@@ -95,9 +102,18 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The embedded CPU demo: a tiny random Qwen3 learns to name what the keyword judge rewards, in ~2 minutes.
-    "tiny": dict(model="tiny", data="demo", full_finetune=True, lr=5e-3, warmup_ratio=0.05, steps=150,
-                 prompts_per_step=8, num_generations=8, max_new_tokens=40, beta=0.0, save_every=50),
+    # The embedded CPU demo, the paper's pipeline in miniature: a tiny Qwen3 (pretrained locally on the bundled
+    # questions) gets an SFT warm start of the output format, then GRPO trains that SFT model against the keyword
+    # judge. Full fine-tuning: a LoRA on a 64-wide model cannot learn the format (format_ok 0 after 400 SFT steps);
+    # 40 full steps give format_ok ≈ 0.3 at temperature 1, without memorising the answers (nll ≈ 0.4, not 0.02).
+    # 80 new tokens fit every bundled reference answer in the format (41-72 tokens), so EOS is reachable. Without
+    # the KL to the SFT model (beta) and at lr 2e-3 / temperature 1, GRPO learns to ramble keywords the toy judge
+    # counts (format_ok → 0, trunc → 1); at temperature 0.7 a 64-wide model's samples keep the format (≈ 0.5).
+    # malformed="wrong": a completion out of the format is graded as the empty answer, so form carries reward and
+    # GRPO raises format_ok with the reward (with "graded" it fell 0.50 → 0.41 over 40 steps while the reward rose).
+    "tiny": dict(model="tiny", data="demo", sft_steps=40, sft_lr=3e-3, full_finetune=True, lr=5e-4, beta=0.05,
+                 temperature=0.7, warmup_ratio=0.05, steps=80, prompts_per_step=8, num_generations=8,
+                 max_new_tokens=80, save_every=40, malformed="wrong"),
     # The paper's setup (Ahmadi et al. 2026) on one 96 GB RTX 6000 PRO.
     "qwen3-14b-rtx6000": dict(model="Qwen/Qwen3-14B", data="", lora_r=16, lora_alpha=32, lora_targets="all-linear",
                               num_generations=6, max_new_tokens=1024, lr=5e-6, warmup_ratio=0.1, schedule="linear",
@@ -224,7 +240,9 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("steps", "save_every", "prompts_per_step", "keep_last", "judge_concurrency"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("lr", "temperature", "judge_timeout"):  # temperature 0 would divide the log-probs by zero
+    if cfg.sft_steps < 0:
+        raise ValueError(f"--sft_steps must be >= 0 (0 = no warm start), got {cfg.sft_steps}")
+    for name in ("lr", "sft_lr", "temperature", "judge_timeout"):  # temperature 0 would divide the log-probs by zero
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0, got {value}")
@@ -242,6 +260,9 @@ def validate(cfg: TrainConfig) -> None:
     for name in reward_names(cfg):  # needs() raises on an unknown name, listing the known ones
         if needs(name) == "rating" and cfg.judge != "openai":
             raise ValueError(f"{name} needs a rating judge: use --judge=openai")
+    from data.format import MALFORMED
+    if cfg.malformed not in MALFORMED:
+        raise ValueError(f"--malformed={cfg.malformed} must be {' | '.join(MALFORMED)}")
     if cfg.adv_scale not in ("group", "batch", "none"):
         raise ValueError(f"--adv_scale={cfg.adv_scale} must be group | batch | none")
     if cfg.num_generations < 2:
@@ -287,6 +308,8 @@ class SFTConfig:
     batch_size: int = field(default=8, metadata={"help": "sequences per step, all ranks together"})
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate (constant)"})
     max_len: int = field(default=1024, metadata={"help": "target tokens kept, tokens"})
+    full_finetune: bool = field(default=False, metadata={"help": "train every weight and save out/model (a full HF "
+                                                              "model dir, for small models) instead of out/adapter"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     seed: int = field(default=0, metadata={"help": "seed for init and data order"})

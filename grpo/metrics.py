@@ -65,6 +65,7 @@ CONSOLE = [
     ("ent", ("actor/entropy",), ("{:.2f}",)),
     ("len", ("rollout/completion_len",), ("{:.0f}",)),
     ("trunc", ("rollout/truncated_frac",), ("{:.2f}",)),
+    ("format", ("rollout/format_ok",), ("{:.2f}",)),
     ("tok/s", ("tok_per_s/rollout", "tok_per_s/train"), ("{:,.0f}", "/{:,.0f}")),
     ("t", ("time/rollout", "time/judge", "time/train"), ("{:.1f}", "+{:.1f}", "+{:.1f}s")),
     ("mem", ("memory/peak_gb",), ("{:.1f}GB",)),
@@ -165,34 +166,65 @@ class RunLogger(NullLogger):
             plot_rewards(self.out / "metrics.jsonl", self.out / "reward_curve.png")
 
 
-def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
-    """Reward mean ± std per step, and the fraction of zero-variance groups on a second axis."""
+def _mean(rows: list, key: str) -> float:
+    vals = [v for v in (field(r, key) for r in rows) if isinstance(v, (int, float))]  # null (skipped) left out
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def summary_line(rows: list[dict], reward: str = "hybrid", k: int = 10) -> str:
+    """One line: the first k → last k steps' mean of the trained reward, format_ok, the truncated fraction and the
+    HealthBench-style score (mean of the per-sample `healthbench` reward, clipped to [0, 1] as simple-evals clips
+    its overall score), each a mean over the steps that report it."""
+    first, last = rows[:k], rows[-k:]
+
+    def arrow(key, fmt="{:.2f}", clip=False):
+        a, b = _mean(first, key), _mean(last, key)
+        if clip:
+            a, b = (min(max(v, 0.0), 1.0) if v == v else v for v in (a, b))
+        return f"{fmt.format(a)} → {fmt.format(b)}"
+    return (f"first {len(first)} → last {len(last)} of {len(rows)} steps: reward ({reward}) "
+            f"{arrow('reward/mean')} | format_ok {arrow('rollout/format_ok')} | trunc {arrow('rollout/truncated_frac')} | "
+            f"HealthBench score (keyword toy judge) {arrow('reward/healthbench/mean', clip=True)}")
+
+
+def reward_figure(rows: list[dict]):
+    """The figure plot_rewards saves: reward mean ± std and its 10-step trailing mean (left axis); format_ok and the
+    fraction of zero-variance groups (right axis, 0–1). Null values are gaps (NaN)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = list({r["step"]: r for r in read_metrics(metrics_path)}.values())  # the last row per step
-    if not rows:
-        return
     nan = float("nan")
-    steps = [r["step"] for r in rows]
-    mean = [nan if field(r, "reward/mean") is None else field(r, "reward/mean") for r in rows]  # null: no known reward
+
+    def series(key):  # null (no known value, a skipped step) is a gap
+        return [nan if field(r, key) is None else field(r, key) for r in rows]
+    steps, mean = [r["step"] for r in rows], series("reward/mean")
     std = [field(r, "reward/std") or 0.0 for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, mean, label="reward mean", alpha=0.5)
     k = 10  # trailing 10-step average: the trend through per-step noise
-    ax.plot(steps, [sum(mean[max(0, i - k + 1):i + 1]) / len(mean[max(0, i - k + 1):i + 1]) for i in range(len(mean))],
-            color="tab:blue", linewidth=2, label=f"{k}-step mean")
+    trail = [[m for m in mean[max(0, i - k + 1):i + 1] if m == m] for i in range(len(mean))]
+    ax.plot(steps, [sum(t) / len(t) if t else nan for t in trail], color="tab:blue", linewidth=2,
+            label=f"{k}-step mean")
     ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax2 = ax.twinx()
-    ax2.plot(steps, [nan if field(r, "reward/zero_std_frac") is None else field(r, "reward/zero_std_frac") for r in rows],
-             color="tab:red", alpha=0.5,
-             label="frac zero-std groups")
+    ax2.plot(steps, series("rollout/format_ok"), color="tab:green", alpha=0.7, label="format_ok")
+    ax2.plot(steps, series("reward/zero_std_frac"), color="tab:red", alpha=0.5, label="frac zero-std groups")
     ax2.set_ylim(0, 1)
-    ax2.set_ylabel("fraction of zero-variance groups")
-    fig.legend(loc="upper left")
-    fig.tight_layout()
+    ax2.set_ylabel("fraction (format_ok, zero-variance groups)")
+    fig.legend(loc="upper center", ncol=4, fontsize="small", frameon=False)  # above the axes: hides no curve
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> None:
+    """reward_figure over a metrics.jsonl (the last row per step), saved as a PNG."""
+    rows = list({r["step"]: r for r in read_metrics(metrics_path)}.values())
+    if not rows:
+        return
+    fig = reward_figure(rows)
+    import matplotlib.pyplot as plt
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
 

@@ -62,6 +62,14 @@ def collate(pairs: list, pad_id: int):
 
 def main(argv: list) -> None:
     cfg = parse_args(argv, SFTConfig)  # every flag checked (grpo/config.py validate_sft) before the process group
+    train_sft(cfg)
+    dist.close()
+
+
+def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
+    """Run SFT in this process and return out/adapter (out/model with --full_finetune). Uses the process group when
+    there is one (initialising it under torchrun) and leaves it open, so grpo/train.py can call it before GRPO (the
+    demo's warm start, grpo/demo.py)."""
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     samples = [s for s in load_samples(resolve_data_path(cfg.data)) if s.reference]
@@ -73,13 +81,16 @@ def main(argv: list) -> None:
             rec = json.loads(line) if line.strip() else None
             if rec:
                 traces[rec["id"]] = rec["reasoning"]
-    model, tok = load_model(cfg.model, device=device, dtype=compute_dtype(cfg.dtype, device))
-    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    dtype = torch.float32 if cfg.full_finetune else compute_dtype(cfg.dtype, device)  # full FT: fp32 master weights
+    model, tok = load_model(cfg.model, device=device, dtype=dtype)
+    if not cfg.full_finetune:
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    model.train()  # from_pretrained returns eval mode
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     per_rank = cfg.batch_size // world
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0)
+    bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0 or not progress)
     for step in bar:
         idx = [order[(step * cfg.batch_size + rank * per_rank + j) % len(samples)] for j in range(per_rank)]
         pairs = [encode(tok, to_messages(samples[i]), format_target(traces.get(samples[i].id, samples[i].reasoning or ""),
@@ -102,10 +113,20 @@ def main(argv: list) -> None:
     if rank == 0:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out / "adapter")  # PEFT format: adapter_model.safetensors + adapter_config.json
+        if cfg.full_finetune:  # an HF model dir GRPO loads as --model (its frozen copy is then the KL reference)
+            model.save_pretrained(out / "model")
+            tok.save_pretrained(out / "model")
+        else:
+            model.save_pretrained(out / "adapter")  # PEFT format: adapter_model.safetensors + adapter_config.json
         (out / "sft_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        print(f"adapter saved to {out / 'adapter'} (final nll {loss.item():.3f})")
-    dist.close()
+        print(f"{_saved(cfg)} saved to {out / _saved(cfg)} (final nll {loss.item():.3f})", flush=True)
+    dist.barrier()  # the other ranks read what rank 0 wrote
+    return Path(cfg.out) / _saved(cfg)
+
+
+def _saved(cfg: SFTConfig) -> str:
+    """What SFT writes under out/: the LoRA adapter, or the whole model (--full_finetune)."""
+    return "model" if cfg.full_finetune else "adapter"
 
 
 if __name__ == "__main__":

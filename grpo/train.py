@@ -1,6 +1,6 @@
 """GRPO with rubric rewards, written to be read top to bottom.
 
-    torchrun grpo/train.py                                    # embedded CPU demo: tiny Qwen3, keyword judge, ~40 s
+    torchrun grpo/train.py                                    # embedded CPU demo: SFT warm start, then GRPO, ~2 min
     torchrun --standalone --nproc_per_node=2 grpo/train.py    # the same, data-parallel on 2 processes (gloo)
     torchrun grpo/train.py --preset qwen3-14b-rtx6000 --data heart_grpo.jsonl --judge_model gpt-4.1-mini
     torchrun grpo/train.py --resume auto --out runs/demo      # continue the latest checkpoint exactly
@@ -35,8 +35,8 @@ import torch
 
 from data import load_samples, resolve_data_path
 from data.loaders import clip_messages
-from data.format import parse, to_messages
-from grpo import checkpoint, config, dist
+from data.format import graded_answer, parse, to_messages
+from grpo import checkpoint, config, demo, dist
 from grpo.config import parse_args, to_json
 from grpo import kernels
 from grpo.logprobs import check_kernels
@@ -88,6 +88,8 @@ class JudgeDown(RuntimeError):
 def main(argv: list) -> None:
     cfg = parse_args(argv)  # every flag checked here, before any process group, data or model
     rank, world, device = dist.init()
+    if cfg.sft_steps and not cfg.init_adapter:  # the demo's SFT warm start, then GRPO from it (grpo/demo.py)
+        setattr(cfg, "model" if cfg.full_finetune else "init_adapter", demo.warm_start(cfg, device, rank))
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts_per_step={cfg.prompts_per_step} must be divisible by the {world} processes")
     B_r, G = cfg.prompts_per_step // world, cfg.num_generations  # prompts per rank, samples per prompt
@@ -185,10 +187,11 @@ def main(argv: list) -> None:
                                    top_k=cfg.top_k, min_p=cfg.min_p, seed=cfg.seed, seq_offset=picked[0][0] * G,
                                    max_prompt_len=cfg.max_prompt_len, rollout_batch=cfg.rollout_batch)
         with clock("judge"):
-            parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, as evaluation does, not the reasoning
+            parsed = [parse(t) for t in roll.texts]  # the judge grades the answer, not the reasoning (--malformed)
             # the judge reads the prompt as the policy did: its last max_prompt_len tokens (a 10 MB line is not sent)
             questions = [clip_messages(s.prompt, tokenizer, cfg.max_prompt_len) for _, s in picked]
-            items = [(questions[b], parsed[b * G + g].solution, s.rubric) for b, (_, s) in enumerate(picked) for g in range(G)]
+            items = [(questions[b], graded_answer(parsed[b * G + g], cfg.malformed), s.rubric)
+                     for b, (_, s) in enumerate(picked) for g in range(G)]
             verdicts = grade_sync(judge, items) if "verdicts" in consumed else [None] * len(items)
             ratings = rate_sync(judge, items) if "rating" in consumed else [None] * len(items)  # one Likert call each
         scores = {name: score_tensor(name, items, verdicts, ratings, G) for name in reward_names}
@@ -239,6 +242,9 @@ def main(argv: list) -> None:
                             keep_last=cfg.keep_last, rank=rank)  # every rank: gathering FSDP shards is collective
             dist.barrier()
     log.close()
+    if cfg.sft_steps:  # before/after answers, summary line; every rank samples: FSDP2 gathers shards collectively
+        with dist.root_unsharded(policy, whole=whole), amp():
+            demo.report(cfg, model, tokenizer, rank)
     dist.close()
 
 

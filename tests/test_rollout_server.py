@@ -264,7 +264,7 @@ def test_torchrun_trains_against_the_loopback_server(base, tmp_path):
     with LoopbackVLLM(*base) as server:
         main(["--prompts_per_step=2", "--num_generations=4", "--max_new_tokens=12", "--plot=false", "--lr=1e-3",
               "--full_finetune=false", "--steps=3", "--save_every=3", f"--out={tmp_path}", "--rollout=server",
-              f"--rollout_base_url={server.url}", f"--rollout_model={server.name}"])
+              f"--rollout_base_url={server.url}", f"--rollout_model={server.name}", "--malformed=graded"])
         assert server.served_by and server.served_by[-1] == "grpo-step2"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if r.get("skipped/reason") is None]  # a skipped step runs no trainer pass: no gap
@@ -278,7 +278,7 @@ def _wired():
 
 
 SERVED = ["--prompts_per_step=2", "--num_generations=4", "--max_new_tokens=12", "--plot=false", "--lr=1e-3",
-          "--full_finetune=false", "--rollout=server"]
+          "--full_finetune=false", "--rollout=server", "--malformed=graded"]  # 12 tokens never hold the format
 
 
 def test_engine_failing_mid_run_stops_it_with_the_checkpoint_intact_and_resume_continues(base, tmp_path):

@@ -114,3 +114,12 @@ def test_two_process_sft_equals_one_process(tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_train_sft_in_process_returns_the_adapter(tmp_path):
+    """The callable the demo's warm start uses: runs in this process (no torchrun) and returns out/adapter."""
+    from grpo.sft import SFTConfig, train_sft
+    adapter = train_sft(SFTConfig(out=str(tmp_path / "sft"), steps=1, batch_size=2, max_len=16, lora_r=4),
+                        progress=False)
+    assert adapter == tmp_path / "sft" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
