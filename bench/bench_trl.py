@@ -23,8 +23,9 @@ How it is timed. TRL's trainer.train() runs warmup + repeats steps; a TrainerCal
 (the whole step: generation, scoring, reference pass, forward, backward, clip, AdamW) and, in on_step_end, runs our
 step right away, so the two alternate A B A B… under the same load (the first --warmup pairs are not counted).
 Phases: rollout = TRL's `_generate` (tokenise, model.generate, decode) | ours: tokenise, sample_tokens, decode;
-reward = TRL's `_calculate_rewards` | ours: the reward call + group advantages; train = step − rollout − reward
-(reference log-probs, policy log-probs + entropy, loss, backward, clip, AdamW, and each side's bookkeeping).
+reward = TRL's `_calculate_rewards` | ours: the reward call; train = step − rollout − reward (advantages, reference
+log-probs, policy log-probs + entropy, loss, backward, clip, AdamW, and each side's bookkeeping). Our side is the
+trainer's own step function, `grpo.step.grpo_step`, with a draw that decodes the fixed prompts.
 The TRL phase timers wrap bound methods on the trainer instance (no TRL code is changed). torch.set_num_threads is set
 once for the process, so both sides get the same threads. Prints a table of medians and spreads (min–max) and, as
 its last line, one JSON object.
@@ -32,6 +33,7 @@ its last line, one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -49,11 +51,11 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 
 from data import bundled_demo_path, load_samples  # noqa: E402
 from data.format import to_messages  # noqa: E402
-from grpo.advantages import group_advantages  # noqa: E402
-from grpo.logprobs import completion_logprobs  # noqa: E402
-from grpo.loss import LOSSES  # noqa: E402
+from grpo.config import TrainConfig  # noqa: E402
+from grpo.dist import parallelize  # noqa: E402
 from grpo.model import Reference, add_lora, build_tiny, load_model  # noqa: E402
-from grpo.rollout import completion_masks, make_engine  # noqa: E402
+from grpo.rollout import Rollouts, completion_masks, make_engine  # noqa: E402
+from grpo.step import TRAIN_PHASES, Clock, Learner, grpo_step  # noqa: E402
 
 PHASES = ("rollout", "reward", "train", "step")
 
@@ -72,10 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--logprob-impl", default="fused", help="grpo.logprobs impl for our step")
     ap.add_argument("--rollout", default="static", choices=["static", "eager"],
                     help="our decode engine (grpo/rollout.py ENGINES): static = the trainer's default, eager = reference")
-    ap.add_argument("--share-prompt", default="on", choices=["on", "off"],
-                    help="our log-probs run each distinct prompt once (grpo.logprobs default) or every row in full")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="instead: time our train phase N times on one rollout and print its torch.profiler table")
+                    help="instead: time our step's train phases N times on one rollout, with a torch.profiler table")
     a = ap.parse_args(argv)
     if a.tokens < 2 or a.G < 2:
         ap.error("--tokens and --G must be >= 2")
@@ -89,69 +89,60 @@ def distinct_word_reward(texts: list[str]) -> list[float]:
 
 # ------------------------------------------------------------------------------------------------------ our step
 class Ours:
-    """Our policy, reference, optimizer and one GRPO step, composed from the parts grpo/train.py uses."""
+    """Our policy, reference and optimizer, stepped by the trainer's own step function (grpo.step.grpo_step)."""
 
     def __init__(self, model_dir: str, prompts: list, a):
         self.a = a
         model, self.tok = load_model(model_dir, device=torch.device("cpu"), dtype=torch.float32)
         self.model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
         self.model.train()
-        self.reference = Reference(self.model, keep_copy=False)  # LoRA: adapter off, as TRL does
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.share_prompt = True  # grpo.logprobs default; --profile times both
-        self.optimizer = torch.optim.AdamW(self.params, lr=a.lr, weight_decay=0.0)
-        texts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
-        self.texts = texts
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+        reference = Reference(self.model, keep_copy=False)  # LoRA: adapter off, as TRL does
+        self.learner = Learner(parallelize(self.model, "none"), reference, optimizer, params)
+        self.cfg = TrainConfig(prompts_per_step=a.prompts, num_generations=a.G, max_new_tokens=a.tokens, beta=a.beta,
+                               lr=a.lr, eps_low=0.2, eps_high=0.2, grad_clip=1.0, temperature=1.0, num_iterations=1,
+                               micro_batch=0, loss="grpo", adv_scale="group", logprob_impl=a.logprob_impl,
+                               reward="distinct_words", log_rewards="")
+        self.texts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
         self.sample_tokens = make_engine(a.rollout).sample_tokens  # (S, P) → (S, T), the engine the trainer uses
+        self.last = None  # the last draw, for --profile
 
-    def step(self, step: int) -> dict:
-        """One GRPO step; returns seconds per phase. Kept in one function so the shared step function can replace it."""
+    def draw(self, step: int):
+        """grpo_step's draw: what the engine's generate does, with an empty stop set so every sample has T tokens,
+        then the reward of the decoded text."""
         a, tok = self.a, self.tok
         B, G, T = a.prompts, a.G, a.tokens
-        t0 = time.perf_counter()
-        # ---- rollout: what the engine's generate does, with an empty stop set so every sample has T tokens ----
-        enc = tok(self.texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        prompt_ids = enc["input_ids"].repeat_interleave(G, 0)                          # (B*G, P)
-        prompt_mask = enc["attention_mask"].repeat_interleave(G, 0)                    # (B*G, P)
-        no_eos = torch.tensor([], dtype=torch.long)
-        completion = self.sample_tokens(self.model, prompt_ids, prompt_mask, eos=no_eos, pad=tok.pad_token_id,
-                                        max_new_tokens=T, temperature=1.0, seed=step, seq_offset=0)  # (B*G, T)
-        cmask, _ = completion_masks(completion, no_eos)                                # (B*G, T) all ones
-        texts = tok.batch_decode(completion.tolist(), skip_special_tokens=True)        # sync: ids to host
-        t1 = time.perf_counter()
-        # ---- reward + advantages ----
-        rewards = torch.tensor(distinct_word_reward(texts), dtype=torch.float32).view(B, G)  # (B, G)
-        advantages = group_advantages(rewards, scale="group").reshape(-1)              # (B*G,)
-        t2 = time.perf_counter()
-        # ---- train: reference log-probs, policy log-probs, loss, backward, clip, AdamW ----
-        self.last_batch = (prompt_ids, prompt_mask, completion, cmask, advantages)  # for --profile
-        loss = self.train_phase(*self.last_batch)
-        t3 = time.perf_counter()
-        return {"rollout": t1 - t0, "reward": t2 - t1, "train": t3 - t2, "step": t3 - t0,
-                "tokens": int(cmask.sum()), "loss": loss.item()}
 
-    def train_phase(self, prompt_ids, prompt_mask, completion, cmask, advantages) -> torch.Tensor:
-        """Reference log-probs (β > 0), policy log-probs + entropy, loss, backward, clip, AdamW; returns the loss."""
-        a, T = self.a, completion.shape[1]
-        input_ids = torch.cat([prompt_ids, completion], 1)                            # (B*G, P+T)
-        attn = torch.cat([prompt_mask, cmask], 1)                                      # (B*G, P+T)
-        ref_logp = None
-        if a.beta > 0:
-            with record_function("train/ref_logp"), torch.no_grad(), self.reference.active() as ref_model:
-                ref_logp = completion_logprobs(ref_model, input_ids, attn, cmask, impl=a.logprob_impl,
-                                               share_prompt=self.share_prompt)                     # (B*G, T)
-        with record_function("train/policy_fwd"):  # train.py calls this through logprobs.PolicyLogprobs (a thin wrapper)
-            logp, entropy = completion_logprobs(self.model, input_ids, attn, cmask, impl=a.logprob_impl,
-                                                with_entropy=True, share_prompt=self.share_prompt)  # (B*G, T)
-            loss, _ = LOSSES["grpo"](logp, logp.detach(), ref_logp, advantages, cmask, eps_low=0.2, eps_high=0.2,
-                                     beta=a.beta, max_len=T)
-        with record_function("train/policy_bwd"):
-            loss.backward()
-        with record_function("train/optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        def draw(clock):
+            with clock("rollout"):
+                enc = tok(self.texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+                prompt_ids = enc["input_ids"].repeat_interleave(G, 0)                  # (B*G, P)
+                prompt_mask = enc["attention_mask"].repeat_interleave(G, 0)            # (B*G, P)
+                no_eos = torch.tensor([], dtype=torch.long)
+                completion = self.sample_tokens(self.model, prompt_ids, prompt_mask, eos=no_eos, pad=tok.pad_token_id,
+                                                max_new_tokens=T, temperature=1.0, seed=step, seq_offset=0)  # (B*G, T)
+                cmask, _ = completion_masks(completion, no_eos)                        # (B*G, T) all ones
+                texts = tok.batch_decode(completion.tolist(), skip_special_tokens=True)  # sync: ids to host
+            with clock("judge"):
+                rewards = torch.tensor(distinct_word_reward(texts), dtype=torch.float32).view(B, G)  # (B, G)
+            roll = Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion,
+                            completion_mask=cmask, texts=texts, truncated=torch.ones(B * G, dtype=torch.bool),
+                            num_generations=G)
+            self.last = (roll, {"distinct_words": rewards}, {"rollout_tokens": cmask.sum()})
+            return self.last
+
+        return draw
+
+    def step(self, step: int) -> dict:
+        """One GRPO step through grpo_step; seconds per phase (reward = the reward call; advantages count in train)."""
+        clock = Clock()
+        t0 = time.perf_counter()
+        done = grpo_step(self.draw(step), self.learner, self.cfg, clock, pad_id=self.tok.pad_token_id)
+        wall = time.perf_counter() - t0
+        rollout, reward = clock.time["rollout"], clock.time["judge"]
+        return {"rollout": rollout, "reward": reward, "train": wall - rollout - reward, "step": wall,
+                "tokens": int(done.num_tokens), "loss": done.metrics["loss/total"]}
 
 
 # ------------------------------------------------------------------------------------------------------ TRL side
@@ -221,30 +212,36 @@ def run_trl(model_dir: str, prompts: list, ours: Ours, a) -> tuple[list, list]:
 
 
 def profile_train(ours: Ours, a) -> None:
-    """--profile N: one rollout, then our train phase N times per variant, interleaved (median s), and the default
-    variant once under torch.profiler (table by self CPU time, seconds per sub-phase)."""
+    """--profile N: one rollout, then grpo_step's train phases N times on that same batch (median s), and once under
+    torch.profiler (table by self CPU time, seconds per phase)."""
     for i in range(a.warmup + 1):
         ours.step(i)
-    variants = {"prompt once per group (share_prompt)": True, "every row in full": False}
-    times = {k: [] for k in variants}
+    batch = ours.last
+    again = lambda clock: batch  # noqa: E731  the same rollout every time: only the train phases vary
+    times = []
     for _ in range(a.profile):
-        for k, share in variants.items():
-            ours.share_prompt = share
-            t0 = time.perf_counter()
-            ours.train_phase(*ours.last_batch)
-            times[k].append(time.perf_counter() - t0)
-    ours.share_prompt = True
+        clock = Clock()
+        grpo_step(again, ours.learner, ours.cfg, clock, pad_id=ours.tok.pad_token_id)
+        times.append(sum(clock.time[p] for p in TRAIN_PHASES))
+    clock = ProfiledClock()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        ours.train_phase(*ours.last_batch)
+        grpo_step(again, ours.learner, ours.cfg, clock, pad_id=ours.tok.pad_token_id)
     table = prof.key_averages()
     print(table.table(sort_by="self_cpu_time_total", row_limit=25))
     ranges = {e.key[6:]: e.cpu_time_total / 1e6 for e in table if e.key.startswith("train/")}
     print("profiled run: " + ", ".join(f"{k} {v:.3f} s" for k, v in ranges.items()))
-    for k, ts in times.items():
-        print(f"train phase, {k}: median {statistics.median(ts):.3f} s (min {min(ts):.3f}, max {max(ts):.3f})")
+    print(f"train phases: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f})")
     print(json.dumps({"bench": "bench_trl.profile", "threads": a.threads, "load_1min": round(os.getloadavg()[0], 2),
-                      "train_s": {k: statistics.median(ts) for k, ts in times.items()},
-                      "profiled_s": ranges}))
+                      "train_s": statistics.median(times), "profiled_s": ranges}))
+
+
+class ProfiledClock(Clock):
+    """A Clock whose phases are also torch.profiler ranges (train/<phase>)."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        with record_function(f"train/{name}"), super().__call__(name):
+            yield
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -263,7 +260,6 @@ def main(argv=None) -> None:
     prompts = [to_messages(s) for s in samples[:a.prompts]]
     torch.manual_seed(0)
     ours = Ours(model_dir, prompts, a)
-    ours.share_prompt = a.share_prompt == "on"
     if a.profile:
         return profile_train(ours, a)
     import trl
@@ -274,7 +270,7 @@ def main(argv=None) -> None:
     tokens = a.prompts * a.G * a.tokens
 
     print(f"\nGRPO step, {a.prompts} prompts × {a.G} samples × {a.tokens} tokens, LoRA r{a.lora_r}, β {a.beta}, "
-          f"{a.repeats} pairs (after {a.warmup} warmup), {a.threads} threads, share_prompt {a.share_prompt}, torch {torch.__version__}, "
+          f"{a.repeats} pairs (after {a.warmup} warmup), {a.threads} threads, torch {torch.__version__}, "
           f"trl {trl.__version__}, load {os.getloadavg()[0]:.2f}")
     print(f"{'phase':<10}{'TRL s (min–max)':>22}{'ours s (min–max)':>22}{'ours / TRL':>12}")
     for p in PHASES:
@@ -286,7 +282,7 @@ def main(argv=None) -> None:
           f"{round(trl_lens[-1] * a.prompts * a.G) if trl_lens else 'n/a'} (want {tokens})")
     print(json.dumps({
         "bench": "bench_trl", "prompts": a.prompts, "G": a.G, "tokens": a.tokens, "lora_r": a.lora_r, "beta": a.beta,
-        "repeats": a.repeats, "threads": a.threads, "share_prompt": a.share_prompt, "torch": torch.__version__, "trl": trl.__version__,
+        "repeats": a.repeats, "threads": a.threads, "torch": torch.__version__, "trl": trl.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_1min": round(os.getloadavg()[0], 2),
         "trl_s": s_trl, "ours_s": s_our, "ratio_step_median": statistics.median(ratios),
         "ratio_step_min": min(ratios), "ratio_step_max": max(ratios),
