@@ -140,6 +140,9 @@ class Ours:
         t0 = time.perf_counter()
         done = grpo_step(self.draw(step), self.learner, self.cfg, clock, pad_id=self.tok.pad_token_id)
         wall = time.perf_counter() - t0
+        if done.no_signal:  # we would skip the update TRL still runs on zero advantages: not the same work
+            raise SystemExit(f"step {step}: every group's reward is flat, so our step trained nothing while TRL's "
+                             f"does; not comparable — use more --tokens")
         rollout, reward = clock.time["rollout"], clock.time["judge"]
         return {"rollout": rollout, "reward": reward, "train": wall - rollout - reward, "step": wall,
                 "tokens": int(done.num_tokens), "loss": done.metrics["loss/total"]}

@@ -6,8 +6,8 @@
     python bench/throughput.py --shape qwen3-14b --compare           # fused vs reference log-probs, back to back
     python bench/throughput.py --model Qwen/Qwen3-0.6B --judge keyword --grad-checkpointing off --attn eager
 
-Runs real GRPO steps built from the loop's own parts (a grpo.rollout engine, rewards.judge, grpo.advantages,
-grpo.logprobs.completion_logprobs, grpo.loss.LOSSES, AdamW), `--warmup` unmeasured then `--steps` measured, and prints
+Runs the trainer's own step (grpo.step.grpo_step: a grpo.rollout engine, rewards.judge, advantages, log-probs, loss,
+AdamW) on random prompts, `--warmup` unmeasured then `--steps` measured, and prints
   1. a time table: seconds per phase per step, tokens/s and achieved TFLOP/s of each phase, MFU of the step;
   2. a memory table: peak GB per phase next to bench/memory.py's prediction and the ratio measured / planned;
   3. writes OUT/throughput.png (stacked time per phase; memory per phase with the planner's peaks) and, as its last
@@ -54,13 +54,12 @@ from grpo.logprobs import IMPLS  # noqa: E402
 from grpo.loss import LOSSES  # noqa: E402
 from grpo.model import SHAPES, Reference, add_lora, default_dtype, load_model, random_model  # noqa: E402
 from grpo.rollout import ENGINES, Rollouts, completion_masks, make_engine  # noqa: E402
-from grpo.step import Learner, grpo_step  # noqa: E402
+from grpo.step import TRAIN_PHASES, Learner, grpo_step  # noqa: E402  TRAIN_PHASES: the planner's "train" peak
 
 GB = 1e9
 PHASES = ("prefill", "decode", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
 MEM_PHASES = ("rollout", "judge", "old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")
 TRAIN = TrainConfig()  # the trainer's defaults: ε, grad clip, temperature
-TRAIN_PHASES = ("old_logp", "ref_logp", "policy_fwd", "policy_bwd", "optimizer")  # the planner's "train" peak
 LABELS = {"prefill": "prefill", "decode": "decode", "rollout": "rollout", "judge": "judge", "old_logp": "old log-probs",
           "ref_logp": "ref log-probs", "policy_fwd": "policy forward", "policy_bwd": "policy backward",
           "optimizer": "optimizer", "other": "other"}

@@ -56,13 +56,14 @@ tensors (no copy), `variance_epsilon`, `act_fn`, `rotary_emb.inv_freq` / `attent
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from grpo import kernels
-from grpo.rollout import LocalEngine
+from grpo.rollout import LocalEngine, has_sharded_layers, sample_tokens
 
 
 @dataclass
@@ -422,6 +423,7 @@ class StaticEngine(LocalEngine):
         self._merged: dict = {}
         self._decoders: dict = {}
         self._graphs = CudaGraphs(capture)
+        self._warned_sharded = False
 
     def release(self) -> None:
         """Free the kept KV cache, merged-LoRA copies and graphs (e.g. before a memory-tight training phase); the next
@@ -432,6 +434,14 @@ class StaticEngine(LocalEngine):
                       pad: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                       min_p: float = 0.0, seed: int = 0, seq_offset: int = 0) -> torch.Tensor:
         """Same contract as grpo.rollout.sample_tokens: (S, P) left-padded prompts → completion ids (S, T)."""
+        if has_sharded_layers(model):  # FSDP2 layers too big to gather whole: only HF forwards gather each in turn
+            if not self._warned_sharded:
+                warnings.warn("FSDP2 layers stay sharded for the rollout (the whole model does not fit a rank, "
+                              "grpo.memory): decoding with the eager engine, one all-gather per layer per token")
+                self._warned_sharded = True
+            return sample_tokens(model, prompt_ids, prompt_mask, eos=eos, pad=pad, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+                                 seq_offset=seq_offset)
         w = read_weights(model, lora=self.lora, merged=self._merged)
         sampling = Sampling(temperature, top_p, top_k, min_p)
         S, P = prompt_ids.shape

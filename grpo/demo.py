@@ -12,6 +12,7 @@ the demo's scores is a toy: it counts rubric keywords.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,19 +78,23 @@ def warm_start(cfg, device: torch.device, rank: int) -> str:
                     full_finetune=cfg.full_finetune, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
                     dtype=cfg.dtype)
     cache = _cache_dir(cfg, sft)
-    dist.barrier()  # every rank decides on the same cache state (rank 0 writes it only after the collective SFT)
-    if not (cache / saved).is_dir():
+    # rank 0 looks, every rank follows its answer: a concurrent run filling the cache between two ranks' looks (or
+    # a per-node cache) must not send one rank into the collective SFT alone
+    cached = dist.all_reduce_sum(torch.tensor(float(rank == 0 and (cache / saved).is_dir()))).item() > 0
+    if not cached:
         if rank == 0:
             print(f"SFT warm start: {cfg.sft_steps} steps of {'full' if cfg.full_finetune else 'LoRA'} SFT on the "
                   f"reference answers in the output format (cached in {cache})", flush=True)
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         sft.out = str(tmp)
-        train_sft(sft, progress=False)
-        if rank == 0:
-            try:
-                tmp.rename(cache)  # atomic: a concurrent run either wins or finds it done
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            train_sft(sft, progress=False)
+            if rank == 0:
+                with contextlib.suppress(OSError):  # atomic: a concurrent run either wins or finds it done
+                    tmp.rename(cache)
+        finally:
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # a killed or losing SFT leaves no .tmp dir behind
         dist.barrier()
     elif rank == 0:
         print(f"SFT warm start: reusing {cache} ({cfg.sft_steps} steps, same settings)", flush=True)

@@ -242,6 +242,22 @@ def generate(model, tokenizer, prompts: list, **kw) -> Rollouts:
     return EagerEngine().generate(model, tokenizer, prompts, **kw)
 
 
+def has_sharded_layers(model) -> bool:
+    """True when some weights are FSDP2 shards (DTensors): the rollout of a model whose layers did not fit one rank
+    whole (grpo.dist.root_unsharded(whole=False)); each layer's forward is then an all-gather, a collective."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def all_done(done: torch.Tensor, lockstep: bool) -> bool:
+    """Every row has ended — on every rank when `lockstep` (sharded layers: a rank that stopped decoding early would
+    leave the others waiting in their all-gathers forever)."""
+    if not lockstep:
+        return bool(done.all())
+    from grpo import dist
+    return dist.all_reduce_sum((~done).sum().float()).item() == 0  # sync: rows still decoding, all ranks
+
+
 @torch.no_grad()
 def sample_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, eos: torch.Tensor, pad: int,
                   max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -259,6 +275,7 @@ def sample_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
     cache, logits = getattr(out, cache_kw), out.logits[:, -1]                           # (S, V)
     next_pos = position[:, -1:] + 1                                                      # (S, 1)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
+    lockstep = has_sharded_layers(model)  # FSDP2 layers all-gather in every forward: every rank runs as many
     tokens = []
     for t in range(max_new_tokens):
         tok = kernels.sample_tokens(logits, seq_ids, t, seed=seed, temperature=temperature, top_k=top_k,
@@ -266,7 +283,7 @@ def sample_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         tokens.append(tok)
         done = done | torch.isin(tok, eos)
-        if t + 1 == max_new_tokens or bool(done.all()):  # sync: one per token, lets a batch stop early
+        if t + 1 == max_new_tokens or all_done(done, lockstep):  # sync: one per token, lets a batch stop early
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # finished rows keep decoding pads; ignored
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,

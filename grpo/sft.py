@@ -130,4 +130,4 @@ def _saved(cfg: SFTConfig) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(main, sys.argv[1:]))
+    dist.exit(cli(main, sys.argv[1:]))

@@ -88,25 +88,25 @@ class JudgeDown(RuntimeError):
 def main(argv: list) -> None:
     cfg = parse_args(argv)  # every flag checked here, before any process group, data or model
     rank, world, device = dist.init()
-    if cfg.sft_steps and not cfg.init_adapter:  # the demo's SFT warm start, then GRPO from it (grpo/demo.py)
-        setattr(cfg, "model" if cfg.full_finetune else "init_adapter", demo.warm_start(cfg, device, rank))
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts_per_step={cfg.prompts_per_step} must be divisible by the {world} processes")
     B_r, G = cfg.prompts_per_step // world, cfg.num_generations  # prompts per rank, samples per prompt
-    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
+    engine = make_engine(cfg.rollout, cfg, out)  # --rollout: each ENGINES factory reads its flags from the config
+    engine.check()  # a served engine is reached before any model loads or trains
+    if cfg.sft_steps and not cfg.init_adapter:  # the demo's SFT warm start, then GRPO from it (grpo/demo.py)
+        setattr(cfg, "model" if cfg.full_finetune else "init_adapter", demo.warm_start(cfg, device, rank))
+    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(to_json(cfg))
         stale = checkpoint.remove_stale(out)  # step-N.tmp-PID/ of a save that was killed
 
-    # ---- rollout engine (a served one is checked before any model loads), data, model, judge ----
+    # ---- data, model, judge ----
     # full fine-tuning: fp32 master weights (what AdamW steps) under bf16 autocast; LoRA: base in the compute dtype
     compute = compute_dtype(cfg.dtype, device)
     wdtype = weights_dtype(compute, cfg.full_finetune)
     amp = functools.partial(autocast, device, compute, wdtype)  # a fresh context per use
-    engine = make_engine(cfg.rollout, cfg, out)  # --rollout: each ENGINES factory reads its flags from the config
-    engine.check()
     samples = load_samples(resolve_data_path(cfg.data))
     model, tokenizer = load_model(cfg.model, device=device, dtype=wdtype)
     if cfg.init_adapter and cfg.full_finetune:  # train every weight of the SFT model; its frozen copy is the reference
@@ -277,4 +277,4 @@ def cli(argv: list) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    dist.exit(cli(sys.argv[1:]))

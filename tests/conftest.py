@@ -36,8 +36,10 @@ def shared_data() -> Path:
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: only when an interpreter test will run
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """Start the kernels' TRITON_INTERPRET=1 run in the background (tests/test_kernels_logprobs.py run_interpreted)."""
+    if config.option.collectonly:
+        return
     if any(item.name == "test_triton_cases_in_interpreter" for item in items):
         sys.modules["test_kernels_logprobs"].start_interpreted()  # every kernel test file imports it
 

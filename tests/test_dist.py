@@ -94,3 +94,53 @@ def test_fsdp_rollout_gathers_each_unit_once(tmp_path):
     assert per_token["gathers"] >= layers * per_token["T"]       # every layer, every token (prefill + each decode)
     assert once["ids"] == per_token["ids"]
     assert out["sharded_after"]
+
+
+LOCKSTEP = r'''
+import json, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import torch
+from grpo import dist
+from grpo.model import build_tiny, load_model
+from grpo.rollout import make_engine, sample_tokens
+
+rank, world, device = dist.init()
+model, tok = load_model(build_tiny(), device=device, dtype=torch.float32)
+policy = dist.parallelize(model, "fsdp")
+ids = torch.tensor([[5, 6, 7, 8]] * 2)
+mask = torch.ones_like(ids)
+# rank 0's rows all end at their first token; rank 1's never end: only a lockstep stop keeps rank 1's per-layer
+# all-gathers answered
+eos = torch.arange(len(tok)) if rank == 0 else torch.tensor([], dtype=torch.long)
+out = {}
+with dist.root_unsharded(policy, whole=False):
+    eager = sample_tokens(model, ids, mask, eos=eos, pad=0, max_new_tokens=6, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        static = make_engine("static").sample_tokens(model, ids, mask, eos=eos, pad=0, max_new_tokens=6, seed=1)
+out = {"eager": eager.tolist(), "static": static.tolist(), "warned": any("eager engine" in str(w.message) for w in caught)}
+print(f"RANK{rank} " + json.dumps(out), flush=True)
+dist.close()
+'''
+
+
+@pytest.mark.slow
+def test_sharded_rollout_ranks_stop_together(tmp_path):
+    """FSDP2 layers left sharded for the rollout (the whole model does not fit a rank) all-gather in every forward:
+    a rank whose rows all ended must keep decoding (pads) until every rank's rows have, or the others hang. The
+    static engine cannot read sharded weights and decodes with the eager loop, saying so once."""
+    script = tmp_path / "lockstep.py"
+    script.write_text(LOCKSTEP)
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(ROOT)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line[:5]: json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("RANK")}
+    r0, r1 = rows["RANK0"], rows["RANK1"]
+    assert all(len(row) == 6 for row in r1["eager"])                       # rank 1 decoded to max_new_tokens
+    assert len(r0["eager"][0]) == 6 and all(row[1:] == [0] * 5 for row in r0["eager"])  # rank 0: EOS, then pads
+    assert r0["static"] == r0["eager"] and r1["static"] == r1["eager"] and r0["warned"] and r1["warned"]

@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 
 from data import bundled_demo_path, load_samples
-from tests.doc_commands import ROOT, SKIP, commands, documented, skip_reason, sources
+from tests.doc_commands import ROOT, SKIP, commands, documented, skip_reason
 
 TORCHRUN = r"^(\w+=\S*\s+)*torchrun (--\S+ )*grpo/(train|sft)\.py\b"
 TINY_MODEL = "<tiny>"  # stands for grpo.model.build_tiny()'s directory (built once per suite, GRPO_CACHE)

@@ -190,8 +190,18 @@ def start_interpreted() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              f"--junitxml={tmp / 'junit.xml'}", *(str(here / f) for f in INTERPRETED),
                              "-k", "triton and not interpreter"],
-                            env=dict(os.environ, TRITON_INTERPRET="1"), stdout=log, stderr=subprocess.STDOUT)
+                            env=dict(os.environ, TRITON_INTERPRET="1"), stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     _BACKGROUND.update(proc=proc, tmp=tmp, log=log)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the pytest that started it dies (a CI timeout, kill -TERM), which
+    pytest_sessionfinish never sees; otherwise it would run on, reparented to init."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_interpreted() -> None:
