@@ -72,14 +72,11 @@ dist.close()
 '''
 
 
-@pytest.mark.slow
-def test_fsdp_rollout_gathers_each_unit_once(tmp_path):
-    """2 gloo processes, FSDP2 over the tiny model: a rollout with whole=True all-gathers every FSDP2 unit (each
-    decoder layer + the root) once, where the per-token path gathers every layer for every decoded token; both
-    sample the same tokens, and the parameters are sharded again afterwards (what the optimizer steps)."""
-    script = tmp_path / "probe.py"
-    script.write_text(PROBE)
+def _two_ranks(tmp_path, source: str) -> subprocess.CompletedProcess:
+    """Run a probe script under torchrun with 2 gloo processes (argv[1] = the repo root); it must exit 0."""
     import socket
+    script = tmp_path / "probe.py"
+    script.write_text(source)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -87,6 +84,15 @@ def test_fsdp_rollout_gathers_each_unit_once(tmp_path):
                            "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(ROOT)],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_fsdp_rollout_gathers_each_unit_once(tmp_path):
+    """2 gloo processes, FSDP2 over the tiny model: a rollout with whole=True all-gathers every FSDP2 unit (each
+    decoder layer + the root) once, where the per-token path gathers every layer for every decoded token; both
+    sample the same tokens, and the parameters are sharded again afterwards (what the optimizer steps)."""
+    done = _two_ranks(tmp_path, PROBE)
     out = json.loads(done.stdout.split("PROBE ", 1)[1].splitlines()[0])
     per_token, once = out["whole=False"], out["whole=True"]
     layers = out["units"] - 1
@@ -129,16 +135,7 @@ def test_sharded_rollout_ranks_stop_together(tmp_path):
     """FSDP2 layers left sharded for the rollout (the whole model does not fit a rank) all-gather in every forward:
     a rank whose rows all ended must keep decoding (pads) until every rank's rows have, or the others hang. The
     static engine cannot read sharded weights and decodes with the eager loop, saying so once."""
-    script = tmp_path / "lockstep.py"
-    script.write_text(LOCKSTEP)
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(ROOT)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _two_ranks(tmp_path, LOCKSTEP)
     rows = {line[:5]: json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("RANK")}
     r0, r1 = rows["RANK0"], rows["RANK1"]
     assert all(len(row) == 6 for row in r1["eager"])                       # rank 1 decoded to max_new_tokens
