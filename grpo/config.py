@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -199,15 +200,18 @@ def reward_names(cfg: TrainConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys([cfg.reward, *(r.strip() for r in cfg.log_rewards.split(",") if r.strip())]))
 
 
-def cli(main: Callable, argv: list, errors: tuple = (ValueError, FileNotFoundError)) -> int:
-    """Run an entry point's main(argv): a user error is one `error: …` line on stderr and exit code 2 (`--debug`
-    re-raises it with its traceback). main's own return value (None = 0) is the exit code otherwise."""
+def cli(main: Callable, argv: list, errors: tuple | Callable[[], tuple] = (ValueError, FileNotFoundError)) -> int:
+    """Run an entry point's main(argv): a user error (`errors`, or what `errors()` returns when one is raised — the
+    classes of a module main imported on the way) is one `error: …` line on stderr, on rank 0 only so torchrun shows
+    it once, and exit code 2 (`--debug` re-raises it with its traceback). main's own return value (None = 0) is the
+    exit code otherwise."""
     try:
         return main(argv) or 0
-    except errors as e:
+    except (errors() if callable(errors) else errors) as e:
         if any(a in ("--debug", "--debug=true", "--debug=1") for a in argv):
             raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 
 
@@ -223,7 +227,6 @@ def check_judge(judge: str, mode: str) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Errors a user can cause, each naming the fix — checked here, before any model or data loads."""
     import math
-    import os
     from grpo.loss import LOSSES
     from grpo.rollout import ENGINES
     if cfg.rollout not in ENGINES:

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from grpo import kernels
+from grpo import dist, kernels
 
 _MASK32 = 0xFFFFFFFF
 
@@ -254,7 +254,6 @@ def all_done(done: torch.Tensor, lockstep: bool) -> bool:
     leave the others waiting in their all-gathers forever)."""
     if not lockstep:
         return bool(done.all())
-    from grpo import dist
     return dist.all_reduce_sum((~done).sum().float()).item() == 0  # sync: rows still decoding, all ranks
 
 

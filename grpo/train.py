@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import random
 import sys
 import time
@@ -262,18 +261,11 @@ def _user_errors() -> tuple:
 
 
 def cli(argv: list) -> int:
-    """The command line: main(), with a user error printed as one `error: …` line on stderr (rank 0 only, so torchrun
-    shows it once) and exit code 2; `--debug` re-raises it with its traceback."""
-    try:
-        main(argv)
-    except _user_errors() as e:
-        if any(a in ("--debug", "--debug=true", "--debug=1") for a in argv):
-            raise
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        dist.close()
-        return 2
-    return 0
+    """The command line: main() through config.cli (a user error: one `error: …` line on rank 0, exit code 2), then
+    the process group closed (main closes it after a finished run; after a user error it is closed here)."""
+    code = config.cli(main, argv, _user_errors)
+    dist.close()
+    return code
 
 
 if __name__ == "__main__":
