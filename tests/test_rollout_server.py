@@ -233,27 +233,28 @@ def _train(engine_generate, sync, steps, model, tok, samples, lr=1e-2):
 
 @pytest.mark.slow
 def test_served_training_equals_local_training_and_its_reward_rises(base, tmp_path):
-    """Twelve GRPO steps on two demo prompts through the served engine (sampling, IS weights, adapter sync every
+    """Twenty GRPO steps on two demo prompts through the served engine (sampling, IS weights, adapter sync every
     step) give the rewards of the same steps through the local engine, the engine–trainer gap stays ~0, and the
-    reward rises (mean of the last 3 steps vs the first 3)."""
+    reward rises (mean of the last 4 steps vs the first 4; 12 steps were too few to rise reliably: +0.45 on one
+    install, +1.0 asked)."""
     from data import bundled_demo_path, load_samples
     samples = load_samples(bundled_demo_path())[:2]
-    runs = {}
+    runs, STEPS = {}, 20
     for kind in ("local", "served"):
         model, tok = load_model(build_tiny(), device=CPU)
         torch.manual_seed(0)
         model = add_lora(model, r=8, alpha=16)
         if kind == "local":
-            runs[kind] = _train(generate, lambda m, s: None, 12, model, tok, samples)
+            runs[kind] = _train(generate, lambda m, s: None, STEPS, model, tok, samples)
         else:
             with LoopbackVLLM(*base) as server:
                 engine = _engine(server, tmp_path)
-                runs[kind] = _train(engine.generate, engine.after_update, 12, model, tok, samples)
-                assert server.served_by[-1] == "grpo-step11" and engine.adapter == "grpo-step12"
+                runs[kind] = _train(engine.generate, engine.after_update, STEPS, model, tok, samples)
+                assert server.served_by[-1] == f"grpo-step{STEPS - 1}" and engine.adapter == f"grpo-step{STEPS}"
     (local, _), (served, gaps) = runs["local"], runs["served"]
     assert served == pytest.approx(local, abs=1e-6)
-    assert len(gaps) == 12 and max(gaps) < 1e-4
-    assert sum(served[-3:]) / 3 > sum(served[:3]) / 3 + 1.0, served
+    assert len(gaps) == STEPS and max(gaps) < 1e-4
+    assert sum(served[-4:]) / 4 > sum(served[:4]) / 4 + 1.0, served
 
 
 def test_torchrun_trains_against_the_loopback_server(base, tmp_path):
