@@ -391,6 +391,7 @@ class CudaGraphs:
 
     def __init__(self, capture=cuda_capture):
         self.graphs, self.key, self.pool, self.capture = {}, None, None, capture
+        self.failed = False  # a capture raised once: this engine steps uncaptured from then on (same tokens)
 
     def prepare(self, dec: Decoder) -> None:
         """Once per run: keep the graphs if they were captured on this decoder and these very weight tensors."""
@@ -400,14 +401,23 @@ class CudaGraphs:
 
     def step(self, dec: Decoder, kv_len: int) -> None:
         g = self.graphs.get(kv_len)
-        if g is None:
+        if g is None and not self.failed:
             state = [dec.tok, dec.lens, dec.t, dec.done, dec.finish, dec.out]
             saved = [x.clone() for x in state]  # the warm-up runs the step: undo it (the cache slots it wrote are
-            g, self.pool = self.capture(dec, self.pool)  # rewritten by the real step before anything reads them)
+            try:                                # rewritten by the real step before anything reads them)
+                g, self.pool = self.capture(dec, self.pool)
+            except Exception as e:  # an op this torch/GPU cannot capture: slower, never a lost run
+                warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); the static engine decodes "
+                              "uncaptured from now on (same tokens, one launch per op)")
+                self.failed = True
             for x, y in zip(state, saved):
                 x.copy_(y)
-            self.graphs[kv_len] = g
-        g.replay()
+            if g is not None:
+                self.graphs[kv_len] = g
+        if g is None:
+            dec.token_step()
+        else:
+            g.replay()
 
 
 class StaticEngine(LocalEngine):
@@ -428,7 +438,9 @@ class StaticEngine(LocalEngine):
     def release(self) -> None:
         """Free the kept KV cache, merged-LoRA copies and graphs (e.g. before a memory-tight training phase); the next
         generate allocates (and captures) again."""
+        failed = self._graphs.failed
         self._decoders, self._merged, self._graphs = {}, {}, CudaGraphs(self._graphs.capture)
+        self._graphs.failed = failed
 
     def sample_tokens(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, eos: torch.Tensor,
                       pad: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,

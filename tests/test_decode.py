@@ -282,6 +282,29 @@ def test_graph_bookkeeping_with_a_stand_in_capture(tiny):
     assert not eng._decoders and not eng._merged and not eng._graphs.graphs
 
 
+def test_a_failing_capture_warns_once_and_decodes_the_same_tokens_uncaptured(tiny):
+    """A torch/GPU that cannot capture some op must cost speed, never the run: the capture error is reported once,
+    the warm-up's side effects are undone, the engine never tries again (also after release), tokens equal eager's."""
+    model, tok = tiny
+    attempts = []
+
+    def capture(dec, pool):
+        attempts.append(dec.kv_len)
+        dec.token_step()  # the warm-up ran and moved the buffers on before the capture itself failed
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    eng = StaticEngine(cuda_graphs=True, attn_bucket=8, sync_every=3, capture=capture)
+    kw = dict(num_generations=2, max_new_tokens=14, temperature=1.0, top_k=40, seed=6)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed .*RuntimeError") as caught:
+        got = eng.generate(model, tok, [LONG, SHORT], **kw)
+        eng.release()
+        again = eng.generate(model, tok, [LONG, SHORT], **kw, seq_offset=1)
+    assert len([w for w in caught if "capture failed" in str(w.message)]) == 1
+    assert len(attempts) == 1 and not eng._graphs.graphs
+    _same(got, EagerEngine().generate(model, tok, [LONG, SHORT], **kw))
+    _same(again, EagerEngine().generate(model, tok, [LONG, SHORT], **kw, seq_offset=1))
+
+
 def test_static_engine_under_bf16_autocast_draws_the_eager_tokens(tiny):
     """Full fine-tuning rolls out fp32 master weights under bf16 autocast: the static engine runs there, keeps its
     KV cache in bf16 (the dtype SDPA computes in) and draws exactly the eager engine's tokens under the same
