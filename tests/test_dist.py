@@ -73,7 +73,8 @@ dist.close()
 
 
 def _two_ranks(tmp_path, source: str) -> subprocess.CompletedProcess:
-    """Run a probe script under torchrun with 2 gloo processes (argv[1] = the repo root); it must exit 0."""
+    """Run a probe script under torchrun with 2 gloo processes (argv[1] = the repo root, argv[2] = a folder for
+    its output files); it must exit 0."""
     import socket
     script = tmp_path / "probe.py"
     script.write_text(source)
@@ -81,7 +82,7 @@ def _two_ranks(tmp_path, source: str) -> subprocess.CompletedProcess:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(ROOT)],
+                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(ROOT), str(tmp_path)],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -125,7 +126,8 @@ with dist.root_unsharded(policy, whole=False):
         warnings.simplefilter("always")
         static = make_engine("static").sample_tokens(model, ids, mask, eos=eos, pad=0, max_new_tokens=6, seed=1)
 out = {"eager": eager.tolist(), "static": static.tolist(), "warned": any("eager engine" in str(w.message) for w in caught)}
-print(f"RANK{rank} " + json.dumps(out), flush=True)
+# one file per rank: two ranks printing to torchrun's shared stdout can interleave within a line
+open(f"{sys.argv[2]}/rank{rank}.json", "w").write(json.dumps(out))
 dist.close()
 '''
 
@@ -135,9 +137,8 @@ def test_sharded_rollout_ranks_stop_together(tmp_path):
     """FSDP2 layers left sharded for the rollout (the whole model does not fit a rank) all-gather in every forward:
     a rank whose rows all ended must keep decoding (pads) until every rank's rows have, or the others hang. The
     static engine cannot read sharded weights and decodes with the eager loop, saying so once."""
-    done = _two_ranks(tmp_path, LOCKSTEP)
-    rows = {line[:5]: json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("RANK")}
-    r0, r1 = rows["RANK0"], rows["RANK1"]
+    _two_ranks(tmp_path, LOCKSTEP)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert all(len(row) == 6 for row in r1["eager"])                       # rank 1 decoded to max_new_tokens
     assert len(r0["eager"][0]) == 6 and all(row[1:] == [0] * 5 for row in r0["eager"])  # rank 0: EOS, then pads
     assert r0["static"] == r0["eager"] and r1["static"] == r1["eager"] and r0["warned"] and r1["warned"]
