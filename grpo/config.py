@@ -315,6 +315,7 @@ class SFTConfig:
                                                               "model dir, for small models) instead of out/adapter"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_targets: str = field(default="all-linear", metadata={"help": "'all-linear' or comma list of module names"})
     seed: int = field(default=0, metadata={"help": "seed for init and data order"})
     dtype: str = field(default="auto", metadata={"help": "base weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; "
                                                           "the LoRA adapter is fp32"})
@@ -329,6 +330,8 @@ def validate_sft(cfg: SFTConfig) -> None:
         raise ValueError("--max_len must be >= 1 and --steps >= 0")
     if cfg.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.reasoning and not os.path.isfile(cfg.reasoning):
+        raise ValueError(f"--reasoning={cfg.reasoning}: no such file (the traces JSONL `python -m data.augment` writes)")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr}")
 

@@ -42,13 +42,16 @@ Attention is PyTorch SDPA (flash-attn's `flash_attn_with_kvcache` would fit the 
 test it on yet).
 
 Autocast (full fine-tuning: fp32 master weights, bf16 compute): the step runs under the caller's autocast like the
-eager forward, op for op; the KV cache is allocated in the compute dtype (`compute_dtype`) and K/V are cast on
-write — the dtype SDPA casts them to anyway, so the tokens equal the eager engine's under the same autocast
-(tests/test_decode.py) and the cache is half the fp32 size. The run is wrapped in autocast with its weight-cast cache
-off: a captured graph must not keep pointers to cast copies that the caller's autocast frees on exit.
+eager forward, op for op, except that the projections' bf16 casts are made once per rollout into buffers of our own
+(`cast_projections`; autocast would re-cast every fp32 weight inside every F.linear, every token). The KV cache is
+allocated in the compute dtype (`compute_dtype`) and K/V are cast on write — the dtype SDPA casts them to anyway, so
+the tokens equal the eager engine's under the same autocast (tests/test_decode.py) and the cache is half the fp32
+size. The run is wrapped in autocast with its weight-cast cache off: a captured graph must not keep pointers to cast
+copies that the caller's autocast frees on exit.
 
-Memory: the engine keeps its last decoder (the KV cache, 2·L·S·T_max·H_kv·D·bytes) and the merged-LoRA copies
-between calls, so the next rollout of the same shape reuses buffers and captured graphs; `release()` frees them.
+Memory: the engine keeps its last decoder (the KV cache, 2·L·S·T_max·H_kv·D·bytes), the merged-LoRA copies and the
+bf16 casts of fp32 projections between calls, so the next rollout of the same shape reuses buffers and captured
+graphs; `release()` frees them.
 
 The prefill (the prompt forward) is the same hand-written layer stack over all P positions (compute-bound, eager).
 Only weights and config attributes that are stable across transformers 4.56-5.x are read: the HF modules' weight
@@ -57,6 +60,7 @@ tensors (no copy), `variance_epsilon`, `act_fn`, `rotary_emb.inv_freq` / `attent
 from __future__ import annotations
 
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -188,6 +192,31 @@ def read_weights(model, *, lora: str = "merge", merged: dict | None = None) -> W
     return Weights(embed=embed.weight, layers=layers, norm=norm(inner.norm), lm_head=lin(causal.lm_head, "lm_head"),
                    inv_freq=rope.inv_freq, rope_scale=float(rope.attention_scaling),
                    n_q=cfg.num_attention_heads, n_kv=cfg.num_key_value_heads, head_dim=head_dim, merged=merged)
+
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def cast_projections(w: Weights, dtype: torch.dtype, bufs: dict) -> Weights:
+    """w with every projection (weight, bias, LoRA factors; lm_head too) as a `dtype` copy in a buffer kept in `bufs`,
+    the same tensors call after call (captured graphs stay valid). For fp32 master weights under bf16 autocast: the
+    step then reads 2 bytes per weight per token instead of autocast's 4 read + 2 written + 2 read inside every
+    F.linear. The values are autocast's own cast (round to nearest), so the matmuls are unchanged; norms and the
+    embedding are not autocast ops, they stay fp32 as under autocast."""
+    def cast(name, t):
+        if t is None or t.dtype == dtype:
+            return t
+        buf = bufs.get(name)
+        if buf is None or buf.shape != t.shape:
+            buf = bufs[name] = torch.empty(t.shape, dtype=dtype, device=t.device)
+        return buf.copy_(t)
+
+    def lin(x: Linear, name: str) -> Linear:
+        return Linear(cast(f"{name}.w", x.weight), cast(f"{name}.b", x.bias),
+                      tuple((cast(f"{name}.a{i}", a), cast(f"{name}.b{i}", b), s) for i, (a, b, s) in enumerate(x.loras)))
+    layers = [dataclasses.replace(ly, **{p: lin(getattr(ly, p), f"{i}.{p}") for p in PROJECTIONS})
+              for i, ly in enumerate(w.layers)]
+    return dataclasses.replace(w, layers=layers, lm_head=lin(w.lm_head, "lm_head"))
 
 
 def _rope(w: Weights, pos: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,6 +460,7 @@ class StaticEngine(LocalEngine):
         self.sync_every, self.lora, self.attn_bucket = sync_every, lora, attn_bucket
         self.cuda_graphs, self.compile = cuda_graphs, compile
         self._merged: dict = {}
+        self._cast: dict = {}  # bf16 copies of fp32 master projections (cast_projections)
         self._decoders: dict = {}
         self._graphs = CudaGraphs(capture)
         self._warned_sharded = False
@@ -439,7 +469,7 @@ class StaticEngine(LocalEngine):
         """Free the kept KV cache, merged-LoRA copies and graphs (e.g. before a memory-tight training phase); the next
         generate allocates (and captures) again."""
         failed = self._graphs.failed
-        self._decoders, self._merged, self._graphs = {}, {}, CudaGraphs(self._graphs.capture)
+        self._decoders, self._merged, self._cast, self._graphs = {}, {}, {}, CudaGraphs(self._graphs.capture)
         self._graphs.failed = failed
 
     def sample_tokens(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, eos: torch.Tensor,
@@ -455,10 +485,12 @@ class StaticEngine(LocalEngine):
                                  temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                                  seq_offset=seq_offset)
         w = read_weights(model, lora=self.lora, merged=self._merged)
+        cdtype, dev = compute_dtype(w), w.embed.device.type
+        if cdtype != w.embed.dtype:  # fp32 masters under bf16 autocast: cast once per rollout, not once per token
+            w = cast_projections(w, cdtype, self._cast)
         sampling = Sampling(temperature, top_p, top_k, min_p)
         S, P = prompt_ids.shape
         # decoders (and their graphs) are kept per shape: the same rollout shape next step reuses the buffers
-        cdtype, dev = compute_dtype(w), w.embed.device.type
         key = (S, -(-(P + max_new_tokens - 1) // self.attn_bucket), max_new_tokens, pad, tuple(eos.tolist()),
                tuple(vars(sampling).values()), w.embed.dtype, cdtype, str(w.embed.device))
         dec = self._decoders.get(key)
@@ -480,7 +512,7 @@ class StaticEngine(LocalEngine):
             return dec.run(prompt_ids, prompt_mask, seed=seed, seq_offset=seq_offset, sync_every=self.sync_every,
                            step=step)
         # autocast's weight-cast cache would hand a captured graph bf16 copies that are freed when the caller's
-        # autocast exits; without it every step casts inside the graph (same values, re-read each replay)
+        # autocast exits: off. The projections are cast already (above); what autocast still casts is small
         with torch.autocast(dev, dtype=cdtype, cache_enabled=False):
             return dec.run(prompt_ids, prompt_mask, seed=seed, seq_offset=seq_offset, sync_every=self.sync_every,
                            step=step)

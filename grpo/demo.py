@@ -25,6 +25,7 @@ import torch
 from data import load_samples, resolve_data_path
 from data.format import to_messages
 from grpo import dist
+from grpo.model import build_tiny
 from grpo.metrics import read_metrics, summary_line
 from grpo.rollout import make_engine
 
@@ -45,14 +46,36 @@ def sample_answer(cfg, model, tokenizer) -> str:
     return f"{roll.texts[0].strip()}\n{ending}"
 
 
-def _cache_dir(cfg, sft) -> Path:
-    """Where a warm start with these settings is kept: SFT is deterministic given its config, data and base model, so
-    a second run (and the test suite's many tiny runs) reuses it, as build_tiny reuses the tiny model. The key is
-    the SFT config (out excluded), the base model's path (build_tiny's path hashes its corpus) and the data bytes."""
-    from grpo.model import build_tiny
-    data = Path(resolve_data_path(cfg.data))
-    model = build_tiny() if cfg.model == "tiny" else cfg.model
-    key = json.dumps([asdict(sft), model, hashlib.sha256(data.read_bytes()).hexdigest()], default=str)
+def model_fingerprint(name_or_path: str) -> str:
+    """What identifies a base model's weights and tokenizer without reading them: for a local dir every file's name,
+    size and mtime (as make decides staleness); for a hub id its cached snapshot dir, named by the commit."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        return json.dumps([(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:  # not cached yet: loading it will download, and the id is all we know
+        return name_or_path
+
+
+def cache_dir(sft, tokenizer, world: int, device: torch.device) -> Path:
+    """Where a warm start with these settings is kept: SFT is deterministic given its inputs, so a second run (and
+    the test suite's many tiny runs) reuses it, as build_tiny reuses the tiny model. The key is everything the SFT's
+    result depends on: its config (out excluded), the base model's files, the token ids of every training pair (data,
+    reasoning traces, output format, chat template, tokenizer), the SFT code, and where it runs (world size, device
+    type, torch and transformers versions: the reduction order and the kernels)."""
+    import transformers
+    from grpo import sft as sft_module
+    from grpo.sft import training_pairs
+    pairs = hashlib.sha256()
+    for prompt, target in training_pairs(sft, tokenizer):
+        pairs.update(json.dumps([prompt.tolist(), target.tolist()]).encode())
+    model = model_fingerprint(build_tiny() if sft.model == "tiny" else sft.model)
+    code = hashlib.sha256(Path(sft_module.__file__).read_bytes()).hexdigest()
+    key = json.dumps([{**asdict(sft), "out": ""}, model, pairs.hexdigest(), code, world, device.type,
+                      torch.__version__, transformers.__version__], default=str)
     root = Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo-rubric"))
     return root / f"sft-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -62,8 +85,8 @@ def warm_start(cfg, device: torch.device, rank: int) -> str:
     with --full_finetune the SFT model dir (GRPO's --model), else the LoRA adapter dir (GRPO's --init_adapter).
     Reuses a cached warm start of the same settings; a resumed run reuses the one it started from. Data without
     reference answers has nothing to imitate: the warm start is skipped (one line says so) and cfg's value returned."""
-    from grpo.model import load_model
     from grpo.config import SFTConfig
+    from grpo.model import load_model, load_tokenizer
     from grpo.sft import train_sft
     here = Path(cfg.out) / "sft"
     saved = "model" if cfg.full_finetune else "adapter"
@@ -75,9 +98,9 @@ def warm_start(cfg, device: torch.device, rank: int) -> str:
                   f"this)", flush=True)
         return cfg.model if cfg.full_finetune else cfg.init_adapter  # unchanged
     sft = SFTConfig(model=cfg.model, data=cfg.data, out="", steps=cfg.sft_steps, lr=cfg.sft_lr,
-                    full_finetune=cfg.full_finetune, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
-                    dtype=cfg.dtype)
-    cache = _cache_dir(cfg, sft)
+                    full_finetune=cfg.full_finetune, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                    lora_targets=cfg.lora_targets, seed=cfg.seed, dtype=cfg.dtype)
+    cache = cache_dir(sft, load_tokenizer(cfg.model), dist.world_size(), device)
     # rank 0 looks, every rank follows its answer: a concurrent run filling the cache between two ranks' looks (or
     # a per-node cache) must not send one rank into the collective SFT alone
     cached = dist.all_reduce_sum(torch.tensor(float(rank == 0 and (cache / saved).is_dir()))).item() > 0

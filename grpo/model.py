@@ -175,17 +175,24 @@ def random_model(shape: str, *, dtype: torch.dtype, device: torch.device, vocab_
     return model
 
 
-def load_model(name_or_path: str, *, adapter: str | None = None, dtype: torch.dtype | None = None,
-               device: torch.device | None = None, trainable_adapter: bool = False):
-    """(model, tokenizer) from a local HF directory, a hub id, or "tiny". `adapter`: a PEFT adapter directory to apply."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    device = device or default_device()
-    dtype = dtype or default_dtype(device)
-    path = build_tiny() if name_or_path == "tiny" else name_or_path
-    tok = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a local HF directory, a hub id, or "tiny", as rollouts use it: left padding, a pad token."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(build_tiny() if name_or_path == "tiny" else name_or_path)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, *, adapter: str | None = None, dtype: torch.dtype | None = None,
+               device: torch.device | None = None, trainable_adapter: bool = False):
+    """(model, tokenizer) from a local HF directory, a hub id, or "tiny". `adapter`: a PEFT adapter directory to apply."""
+    from transformers import AutoModelForCausalLM
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    path = build_tiny() if name_or_path == "tiny" else name_or_path
+    tok = load_tokenizer(path)
     # on a GPU load straight onto it (accelerate's device_map): a 14B model never makes a 30 GB stop in host memory
     placement = {"device_map": {"": device}} if device.type == "cuda" else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention_implementation(device),

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from data import load_samples, resolve_data_path
+from data.augment import read_traces
 from data.format import format_target, to_messages
 from grpo import dist
 from grpo.config import SFTConfig, cli, parse_args
@@ -44,6 +45,17 @@ def encode(tokenizer, messages: list, target: str, max_len: int):
     if len(t) + 1 > max_len:
         return p, t[:max_len]
     return p, torch.cat([t, torch.tensor([tokenizer.eos_token_id])])
+
+
+def training_pairs(cfg: SFTConfig, tokenizer) -> list:
+    """(prompt ids, target ids) of every sample with a reference answer, in data order: all SFT trains on (and what
+    the demo's warm-start cache key hashes, grpo/demo.py)."""
+    samples = [s for s in load_samples(resolve_data_path(cfg.data)) if s.reference]
+    if not samples:
+        raise SystemExit(f"{cfg.data}: no sample has a reference answer to train on")
+    traces = read_traces(cfg.reasoning) if cfg.reasoning else {}  # data.augment's output (a torn line is skipped)
+    return [encode(tokenizer, to_messages(s), format_target(traces.get(s.id, s.reasoning or ""), s.reference),
+                   cfg.max_len) for s in samples]
 
 
 def collate(pairs: list, pad_id: int):
@@ -72,31 +84,20 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     demo's warm start, grpo/demo.py)."""
     rank, world, device = dist.init()
     random.seed(cfg.seed), torch.manual_seed(cfg.seed)
-    samples = [s for s in load_samples(resolve_data_path(cfg.data)) if s.reference]
-    if not samples:
-        raise SystemExit(f"{cfg.data}: no sample has a reference answer to train on")
-    traces = {}
-    if cfg.reasoning:
-        for line in Path(cfg.reasoning).read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line) if line.strip() else None
-            if rec:
-                traces[rec["id"]] = rec["reasoning"]
     dtype = torch.float32 if cfg.full_finetune else compute_dtype(cfg.dtype, device)  # full FT: fp32 master weights
     model, tok = load_model(cfg.model, device=device, dtype=dtype)
+    pairs_all = training_pairs(cfg, tok)
     if not cfg.full_finetune:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     model.train()  # from_pretrained returns eval mode
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     per_rank = cfg.batch_size // world
-    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = torch.randperm(len(pairs_all), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     bar = tqdm(range(cfg.steps), desc="sft", disable=rank != 0 or not progress)
     for step in bar:
-        idx = [order[(step * cfg.batch_size + rank * per_rank + j) % len(samples)] for j in range(per_rank)]
-        pairs = [encode(tok, to_messages(samples[i]), format_target(traces.get(samples[i].id, samples[i].reasoning or ""),
-                                                                 samples[i].reference),
-                        cfg.max_len) for i in idx]
-        ids, attn, cmask = (x.to(device) for x in collate(pairs, tok.pad_token_id))
+        idx = [order[(step * cfg.batch_size + rank * per_rank + j) % len(pairs_all)] for j in range(per_rank)]
+        ids, attn, cmask = (x.to(device) for x in collate([pairs_all[i] for i in idx], tok.pad_token_id))
         logp = completion_logprobs(model, ids, attn, cmask)                           # (S, T)
         # ÷ the target tokens of all ranks, and the gradients summed (not averaged) over ranks: the token mean of the
         # global batch, whatever the ranks' share of tokens

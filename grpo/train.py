@@ -155,8 +155,10 @@ def main(argv: list) -> None:
               f"B={cfg.prompts_per_step} G={G} | reward {cfg.reward} | judge {cfg.judge} | loss {cfg.loss}")
     if cfg.init_adapter and not cfg.full_finetune:
         lora = model.peft_config["default"]
-        log.write(f"--init_adapter: training its LoRA (r={lora.r}, alpha={lora.lora_alpha}); --lora_r, --lora_alpha "
-                  f"and --lora_targets do not apply")
+        differ = [f"--{k}={getattr(cfg, k)}" for k, v in (("lora_r", lora.r), ("lora_alpha", lora.lora_alpha))
+                  if getattr(cfg, k) != v]
+        log.write(f"--init_adapter: training its LoRA (r={lora.r}, alpha={lora.lora_alpha})"
+                  + (f"; {', '.join(differ)} do not apply" if differ else ""))
     check_memory_plan(cfg, model, log)
     whole = gather_for_rollout(cfg, model, world, device)
     if device.type == "cuda" and cfg.logprob_impl == "fused" and kernels.HAS_TRITON:

@@ -326,6 +326,39 @@ def test_static_engine_under_bf16_autocast_draws_the_eager_tokens(tiny):
     assert moved
 
 
+def test_under_autocast_the_projections_are_cast_once_per_rollout_and_follow_the_updates(tiny):
+    """fp32 masters under bf16 autocast: the step reads bf16 copies of the projections made at each generate (not
+    autocast's per-token casts), in the same buffers call after call, equal to autocast's cast of the current
+    weights — after an optimizer update the next rollout samples the new weights, still the eager engine's tokens."""
+    model, tok = tiny
+    args = dict(num_generations=2, max_new_tokens=12, seed=4, **SAMPLING[3])
+    engine = StaticEngine(attn_bucket=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine.generate(model, tok, [LONG, SHORT], **args)
+    (dec,) = engine._decoders.values()
+    q = dec.w.layers[0].q.weight
+    q_ptr, model_q = q.data_ptr(), model.model.layers[0].self_attn.q_proj.weight
+    assert q.dtype == dec.w.lm_head.weight.dtype == torch.bfloat16 and torch.equal(q, model_q.detach().bfloat16())
+    assert dec.w.layers[0].ln1.weight.dtype == torch.float32                 # norms stay fp32, as under autocast
+    try:
+        with torch.no_grad():
+            for p in model.parameters():  # an optimizer step
+                p.mul_(1.01)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = EagerEngine().generate(model, tok, [LONG, SHORT], **args)
+            got = engine.generate(model, tok, [LONG, SHORT], **args)
+        (dec,) = engine._decoders.values()
+        assert dec.w.layers[0].q.weight.data_ptr() == q_ptr                    # the same buffer: graphs stay valid
+        assert torch.equal(dec.w.layers[0].q.weight, model_q.detach().bfloat16())
+        _same(ref, got)
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(before[n])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_session.sh runs it on a lent GPU)")
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 def test_cuda_graph_engine_draws_the_eager_tokens_on_cuda(amp):

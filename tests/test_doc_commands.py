@@ -116,7 +116,7 @@ RUN: dict[str, Run | str] = {
                                                                                           TINY_MODEL}),
     r"^python bench/bench_kernels\.py( --n 1024 --h 64 --v 4096 --reps 3)?$": Run(extra=("--n", "64", "--reps", "1")),
     r"^python bench/bench_kernels\.py --sampler$": Run(extra=("--n", "4", "--v", "256", "--reps", "1")),
-    r"^python bench/bench_decode\.py( --engines static --lora-r 16)?$": Run(extra=DECODE),
+    r"^python bench/bench_decode\.py( --engines static --lora-r 16| --amp)?$": Run(extra=DECODE),
     r"^python bench/bench_judge\.py": Run(extra=JUDGE),
     r"^python bench/judge_agreement\.py( --limit 5 --slopes 0,0\.01)?$": Run(extra=AGREE),
     r"^python bench/reward_variance\.py$": Run(extra=VARIANCE + ("--png", "")),

@@ -80,6 +80,8 @@ def test_sft_flags_parse_like_train_flags():
     assert a == b and a.data == "x.jsonl" and a.steps == 3
     with pytest.raises(ValueError, match="did you mean --steps"):
         parse_args(["--step=3"], SFTConfig)
+    with pytest.raises(ValueError, match=r"--reasoning=nope.jsonl: no such file"):  # before any model loads
+        parse_args(["--reasoning=nope.jsonl"], SFTConfig)
 
 
 def _torchrun_sft(n: int, args: list, out) -> float:
