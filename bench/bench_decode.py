@@ -118,7 +118,8 @@ def run(shape: str, a, device, dtype) -> list[dict]:
             total, pre = time_engine(engine, model, ids, mask, new_tokens=a.new_tokens, device=device,
                                      repeats=a.repeats)
         r = {"shape": shape, "engine": name, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"cpu ({torch.get_num_threads()} threads)", "dtype": str(dtype).split(".")[-1] + (" + bf16 autocast" if a.amp else ""), "rows": a.rows,
+             else f"cpu ({torch.get_num_threads()} threads)",
+             "dtype": str(dtype).split(".")[-1] + (" + bf16 autocast" if a.amp else ""), "rows": a.rows,
              "prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "lora_r": a.lora_r, "rollout_s": total,
              "prefill_s": pre, "copy_gb_per_s": bw / GB,
              **floor_ratio(model, total - pre, rows=a.rows, prompt_len=a.prompt_len, new_tokens=a.new_tokens,

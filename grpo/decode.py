@@ -59,8 +59,8 @@ tensors (no copy), `variance_epsilon`, `act_fn`, `rotary_emb.inv_freq` / `attent
 """
 from __future__ import annotations
 
-import warnings
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -136,6 +136,15 @@ class Weights:
         return tuple(t.data_ptr() for t in ts)
 
 
+def _kept(bufs: dict, name: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """bufs[name] if it has this shape and dtype, else a new empty one stored there: the same tensor call after call,
+    so a captured graph that reads it stays valid."""
+    buf = bufs.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = bufs[name] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
+
+
 def _unwrap_linear(module, name: str, lora: str, merged: dict) -> Linear:
     """A plain nn.Linear, or a peft LoRA layer: its base weight plus the active, unmerged adapters."""
     if not hasattr(module, "base_layer"):
@@ -153,13 +162,9 @@ def _unwrap_linear(module, name: str, lora: str, merged: dict) -> Linear:
     if not loras or lora == "adapter":
         return Linear(base.weight, base.bias, tuple(loras))
     # W + Σ s·B·A into a buffer of our own, reused across calls (pointers stay put for captured graphs)
-    buf = merged.get(name)
-    if buf is None or buf.shape != base.weight.shape or buf.dtype != base.weight.dtype:
-        buf = torch.empty_like(base.weight)
-    buf.copy_(base.weight)
+    buf = _kept(merged, name, base.weight.shape, base.weight.dtype, base.weight.device).copy_(base.weight)
     for a, b, s in loras:
         buf.addmm_(b, a, alpha=s)  # (out, r) @ (r, in)
-    merged[name] = buf
     return Linear(buf, base.bias)
 
 
@@ -206,10 +211,7 @@ def cast_projections(w: Weights, dtype: torch.dtype, bufs: dict) -> Weights:
     def cast(name, t):
         if t is None or t.dtype == dtype:
             return t
-        buf = bufs.get(name)
-        if buf is None or buf.shape != t.shape:
-            buf = bufs[name] = torch.empty(t.shape, dtype=dtype, device=t.device)
-        return buf.copy_(t)
+        return _kept(bufs, name, t.shape, dtype, t.device).copy_(t)
 
     def lin(x: Linear, name: str) -> Linear:
         return Linear(cast(f"{name}.w", x.weight), cast(f"{name}.b", x.bias),
